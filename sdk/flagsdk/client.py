@@ -1,0 +1,210 @@
+"""FlagClient: a thin facade over the engine, config sync and event reporting."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .engine.evaluate import (
+    ERROR,
+    FLAG_NOT_FOUND,
+    GENERAL,
+    INVALID_CONTEXT,
+    Evaluation,
+    EvaluationError,
+    Snapshot,
+    error_result,
+)
+from .engine.model import ConfigError
+from .engine.operators import InvalidContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A user: a `key` and any attributes (strings, numbers, booleans, lists of strings)."""
+
+    key: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.attributes, "key": self.key}
+
+
+def _as_user_dict(user: Any) -> Any:
+    if isinstance(user, User):
+        return user.to_dict()
+    return user
+
+
+class FlagClient:
+    """Evaluates flags in-process from a config kept in sync with the flag server.
+
+    `FlagClient(url, sdk_key)` syncs with a server; `FlagClient(offline=True,
+    bootstrap=...)` evaluates from a dict or a JSON file and never touches the
+    network. The constructor raises only for programmer errors (no URL and not
+    offline, an offline client without a bootstrap that can be read); evaluation
+    never raises.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        sdk_key: str | None = None,
+        *,
+        offline: bool = False,
+        bootstrap: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        init_timeout: float = 2.0,
+        poll_interval: float = 10.0,
+        cache_path: str | os.PathLike[str] | None = None,
+        on_change: Callable[[Snapshot], None] | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self._snapshot = Snapshot.empty()
+        self._ready = False
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._logged: set[tuple[str, str]] = set()
+        self._on_change = on_change
+        self._last_sync: float | None = None
+        self._sync: Any = None
+        self.offline = offline
+        if bootstrap is not None:
+            document = _read_bootstrap(bootstrap)
+            if not self._apply_document(document, source="bootstrap"):
+                raise ValueError("bootstrap is not a config document")
+        if offline:
+            if bootstrap is None:
+                raise ValueError("an offline FlagClient needs a bootstrap (a dict or a JSON file)")
+            return
+        if not url or not sdk_key:
+            raise ValueError("FlagClient needs a server url and an sdk_key, or offline=True")
+        from ._sync import ConfigSync
+
+        self._sync = ConfigSync(
+            url,
+            sdk_key,
+            apply_document=self._apply_document,
+            poll_interval=poll_interval,
+            cache_path=cache_path,
+            timeout=timeout,
+        )
+        self._sync.start()
+        if not self._sync.wait_first(init_timeout):
+            log.warning("flagsdk: no config from %s within %.1fs; serving defaults until it arrives", url, init_timeout)
+
+    # -- evaluation -------------------------------------------------------------
+
+    def is_enabled(self, flag_key: str, user: Any, default: bool = False) -> bool:
+        """True when `user` gets any variant but the flag's first (`off`).
+        Never raises: on any failure returns `default`."""
+        evaluator = self._snapshot.evaluators.get(flag_key)
+        if evaluator is not None:
+            try:
+                return evaluator(user if type(user) is dict else _as_user_dict(user)).enabled
+            except Exception:
+                pass
+        result = self.evaluate(flag_key, user)
+        return result.enabled if result.reason != ERROR else default
+
+    def variant(self, flag_key: str, user: Any, default: str | None = None) -> str | None:
+        """The variant `user` gets, or `default` on any failure. Never raises."""
+        return self.evaluate(flag_key, user, default).variant
+
+    def evaluate(self, flag_key: str, user: Any, default: str | None = None) -> Evaluation:
+        """The full result (variant, reason, rule id, ...). Never raises."""
+        try:
+            snapshot = self._snapshot
+            evaluator = snapshot.evaluators.get(flag_key)
+            if evaluator is None:
+                code = FLAG_NOT_FOUND
+                result = error_result(flag_key, default, code, f"no flag {flag_key!r}")
+            else:
+                try:
+                    return evaluator(user if type(user) is dict else _as_user_dict(user))
+                except EvaluationError as exc:
+                    result = error_result(flag_key, default, exc.code, exc.message)
+                except InvalidContext as exc:
+                    result = error_result(flag_key, default, INVALID_CONTEXT, str(exc))
+        except Exception as exc:  # never let a bug reach the application
+            result = error_result(flag_key, default, GENERAL, repr(exc))
+        self._log_once(result)
+        return result
+
+    def _log_once(self, result: Evaluation) -> None:
+        kind = (result.flag_key, result.error_code or "")
+        if kind not in self._logged:
+            self._logged.add(kind)
+            log.warning("flagsdk: %s for flag %r: %s (serving the default; logged once)",
+                        result.error_code, result.flag_key, result.error_message)
+
+    # -- config -----------------------------------------------------------------
+
+    def _apply_document(self, document: Any, source: str = "server") -> bool:
+        """Swap in a new snapshot; a document that is not a config keeps the old one."""
+        try:
+            snapshot = Snapshot.from_dict(document)
+        except ConfigError as exc:
+            log.error("flagsdk: refused a config from %s, keeping the previous one: %s", source, exc)
+            return False
+        for key, problem in snapshot.config.invalid_flags.items():
+            log.warning("flagsdk: skipped malformed flag %r: %s", key, problem)
+        self._snapshot = snapshot
+        self._ready = True
+        self._last_sync = time.monotonic()
+        self._logged = set()
+        if self._on_change is not None:
+            try:
+                self._on_change(snapshot)
+            except Exception:
+                log.exception("flagsdk: on_change callback failed")
+        return True
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The config currently in use (immutable)."""
+        return self._snapshot
+
+    def is_ready(self) -> bool:
+        """True once a config has been loaded (from the server, a cache or a bootstrap)."""
+        return self._ready
+
+    def config_age(self) -> float | None:
+        """Seconds since the config was last confirmed by its source, or None if never."""
+        if self._sync is not None:
+            return self._sync.config_age()
+        return None if self._last_sync is None else time.monotonic() - self._last_sync
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop background work and release the connection pool. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._sync is not None:
+            self._sync.close()
+
+    def __enter__(self) -> FlagClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_bootstrap(bootstrap: Mapping[str, Any] | str | os.PathLike[str]) -> Any:
+    if isinstance(bootstrap, Mapping):
+        return bootstrap
+    with open(bootstrap, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"bootstrap file {os.fspath(bootstrap)!r} is not JSON: {exc}") from None
