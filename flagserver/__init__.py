@@ -1,0 +1,29 @@
+"""flagserver: the flag server (Flask). `create_app(test_config=None)`; nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: config (defaults, FLAGSERVER_* variables, `test_config`),
+    storage (opened and migrated), the API and the pages."""
+    from . import api, errors
+    from .auth import TokenVerifier
+    from .config import load_config
+    from .sdk_config import ConfigCache
+    from .storage import open_store
+
+    app = Flask(__name__, instance_relative_config=True)
+    load_config(app, test_config)
+    store = open_store(app.config["DATABASE_URL"], redis_prefix=app.config["REDIS_PREFIX"])
+    store.initialize()
+    app.extensions["flagserver.store"] = store
+    app.extensions["flagserver.tokens"] = TokenVerifier(
+        store, app.config["ADMIN_TOKEN"], float(app.config["TOKEN_CACHE_SECONDS"]))
+    app.extensions["flagserver.config_cache"] = ConfigCache(store)
+    errors.init_app(app)
+    api.init_app(app)
+    return app

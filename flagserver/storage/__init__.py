@@ -14,9 +14,9 @@ from .base import (
 from .documents import build_config_document
 
 
-def open_store(url: str) -> Store:
-    """A store for `url`: `sqlite:///path/to/file.db` or `redis://host:port/db`.
-    Raises ValueError for any other scheme."""
+def open_store(url: str, *, redis_prefix: str = "flagserver:") -> Store:
+    """A store for `url`: `sqlite:///path/to/file.db` or `redis://host:port/db`
+    (keys under `redis_prefix`). Raises ValueError for any other scheme."""
     if url.startswith("sqlite:"):
         from .sqlite_store import SQLiteStore
 
@@ -24,7 +24,7 @@ def open_store(url: str) -> Store:
     if url.startswith(("redis:", "rediss:", "unix:")):
         from .redis_store import RedisStore
 
-        return RedisStore.from_url(url)
+        return RedisStore.from_url(url, prefix=redis_prefix)
     raise ValueError(f"unsupported storage URL {url!r}: use sqlite:///path or redis://host:port/db")
 
 

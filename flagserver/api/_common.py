@@ -1,0 +1,80 @@
+"""What every admin view does: read JSON, honour If-Match, answer with an ETag."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, current_app, jsonify, request
+from marshmallow import Schema
+
+from ..errors import APIError
+from ..storage import NotFound, Store
+
+
+def store() -> Store:
+    return current_app.extensions["flagserver.store"]  # type: ignore[no-any-return]
+
+
+def json_body() -> Any:
+    """The parsed JSON body, or a 400 naming the problem (413 comes first for oversized bodies)."""
+    if not request.get_data(cache=True):
+        raise APIError(400, "bad_request", "the request body must be JSON (it is empty)")
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        raise APIError(400, "bad_request", "the request body is not valid JSON")
+    return body
+
+
+def load(schema: Schema, *, partial: bool = False) -> dict[str, Any]:
+    """Validate the JSON body with `schema`; a body that is not an object is a 422."""
+    body = json_body()
+    if not isinstance(body, dict):
+        raise APIError(422, "validation_error", "the body must be a JSON object", {"_schema": ["must be an object"]})
+    return schema.load(body, partial=partial)  # type: ignore[no-any-return]
+
+
+def if_match() -> int | None:
+    """The version named by `If-Match`, None when absent or `*`; 412 when it names no version."""
+    header = request.headers.get("If-Match")
+    if header is None or header.strip() == "*":
+        return None
+    tag = header.strip()
+    if tag.startswith("W/"):
+        tag = tag[2:]
+    tag = tag.strip('"')
+    if not tag.isdigit():
+        raise APIError(412, "version_mismatch", f"If-Match {header!r} names no version of this object")
+    return int(tag)
+
+
+def with_etag(record: dict[str, Any], status: int = 200) -> Response:
+    response = jsonify(record)
+    response.status_code = status
+    response.headers["ETag"] = f'"{record["version"]}"'
+    return response
+
+
+def require_environment(env: str) -> None:
+    if store().get_environment(env) is None:
+        raise NotFound("environment", env)
+
+
+def versioned_write(kind: str, key: str, read: Any, write: Any) -> dict[str, Any]:
+    """Run `write(current, version)` on the record `read()` returns, with optimistic concurrency.
+
+    With If-Match the write succeeds only at that version (else 412). Without it, a
+    concurrent change makes us re-read and re-apply, so no update is lost.
+    """
+    from ..storage import VersionConflict
+
+    expected = if_match()
+    for _ in range(5):
+        current = read()
+        if expected is not None and current["version"] != expected:
+            raise VersionConflict(kind, key, current["version"])
+        try:
+            return write(current, current["version"])  # type: ignore[no-any-return]
+        except VersionConflict:
+            if expected is not None:
+                raise
+    raise APIError(409, "busy", f"{kind} {key!r} kept changing while this write was applied; try again")
