@@ -18,7 +18,8 @@ from .errors import field_error
 from .storage.documents import flag_wire, segment_wire
 
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
-KEY_RULE = validate.Regexp(KEY_PATTERN, error="must be 1-100 letters, digits, '.', '_' or '-', not starting with a symbol")
+KEY_RULE = validate.Regexp(
+    KEY_PATTERN, error="must be 1-100 letters, digits, '.', '_' or '-', not starting with a symbol")
 Key = lambda **kw: fields.String(validate=KEY_RULE, **kw)  # noqa: E731
 
 

@@ -58,23 +58,3 @@ def require_environment(env: str) -> None:
     if store().get_environment(env) is None:
         raise NotFound("environment", env)
 
-
-def versioned_write(kind: str, key: str, read: Any, write: Any) -> dict[str, Any]:
-    """Run `write(current, version)` on the record `read()` returns, with optimistic concurrency.
-
-    With If-Match the write succeeds only at that version (else 412). Without it, a
-    concurrent change makes us re-read and re-apply, so no update is lost.
-    """
-    from ..storage import VersionConflict
-
-    expected = if_match()
-    for _ in range(5):
-        current = read()
-        if expected is not None and current["version"] != expected:
-            raise VersionConflict(kind, key, current["version"])
-        try:
-            return write(current, current["version"])  # type: ignore[no-any-return]
-        except VersionConflict:
-            if expected is not None:
-                raise
-    raise APIError(409, "busy", f"{kind} {key!r} kept changing while this write was applied; try again")

@@ -9,19 +9,13 @@ from flask import Blueprint, Response, jsonify, request
 from ..auth import actor, require_admin
 from ..errors import APIError
 from ..schemas import FlagPatchSchema, FlagSchema, check_flag
-from ..storage import NotFound
-from ..storage.base import ENV_FLAG_FIELDS, GLOBAL_FLAG_FIELDS
-from ._common import if_match, load, require_environment, store, versioned_write, with_etag
+from ..writes import change_flag, read_flag
+from ._common import if_match, load, require_environment, store, with_etag
 
 bp = Blueprint("flags", __name__, url_prefix="/api/v1/envs/<env>/flags")
 
-WRITABLE = ("key",) + GLOBAL_FLAG_FIELDS + ENV_FLAG_FIELDS
 _flag_schema = FlagSchema()
 _patch_schema = FlagPatchSchema()
-
-
-def _writable(record: dict[str, Any]) -> dict[str, Any]:
-    return {name: record[name] for name in WRITABLE if name in record}
 
 
 @bp.get("")
@@ -58,15 +52,14 @@ def replace_flag(env: str, key: str) -> Response:
     body = load(_flag_schema, partial=("key",))
     if body.setdefault("key", key) != key:
         raise APIError(422, "validation_error", "key: does not match the URL", {"key": ["does not match the URL"]})
-    return with_etag(_write(env, key, lambda current: body))
+    return with_etag(change_flag(store(), env, key, body, actor=actor(), expected_version=if_match()))
 
 
 @bp.patch("/<key>")
 @require_admin
 def patch_flag(env: str, key: str) -> Response:
-    body = load(_patch_schema, partial=True)
-    # A partial load fills no defaults, so only the fields sent are merged.
-    return with_etag(_write(env, key, lambda current: {**_writable(current), **body}))
+    body = load(_patch_schema, partial=True)  # a partial load fills no defaults: only what was sent changes
+    return with_etag(change_flag(store(), env, key, body, actor=actor(), expected_version=if_match()))
 
 
 @bp.delete("/<key>")
@@ -78,15 +71,4 @@ def delete_flag(env: str, key: str) -> Response:
 
 
 def _current(env: str, key: str) -> dict[str, Any]:
-    require_environment(env)
-    flag = store().get_flag(env, key)
-    if flag is None:
-        raise NotFound("flag", key)
-    return flag
-
-
-def _write(env: str, key: str, build: Any) -> dict[str, Any]:
-    def write(current: dict[str, Any], version: int) -> dict[str, Any]:
-        record = check_flag({**build(current), "key": key})
-        return store().update_flag(env, key, record, expected_version=version, actor=actor())
-    return versioned_write("flag", key, lambda: _current(env, key), write)
+    return read_flag(store(), env, key)

@@ -9,9 +9,8 @@ from flask import Blueprint, Response, jsonify
 from ..auth import actor, require_admin
 from ..errors import APIError
 from ..schemas import SegmentPatchSchema, SegmentSchema, check_segment
-from ..storage import NotFound
-from ..storage.base import SEGMENT_FIELDS
-from ._common import if_match, load, require_environment, store, versioned_write, with_etag
+from ..writes import change_segment, read_segment
+from ._common import if_match, load, require_environment, store, with_etag
 
 bp = Blueprint("segments", __name__, url_prefix="/api/v1/envs/<env>/segments")
 
@@ -46,15 +45,14 @@ def replace_segment(env: str, key: str) -> Response:
     body = load(_segment_schema, partial=("key",))
     if body.setdefault("key", key) != key:
         raise APIError(422, "validation_error", "key: does not match the URL", {"key": ["does not match the URL"]})
-    return with_etag(_write(env, key, lambda current: body))
+    return with_etag(change_segment(store(), env, key, body, actor=actor(), expected_version=if_match()))
 
 
 @bp.patch("/<key>")
 @require_admin
 def patch_segment(env: str, key: str) -> Response:
     body = load(_patch_schema, partial=True)
-    return with_etag(_write(env, key, lambda current: {
-        **{name: current[name] for name in SEGMENT_FIELDS if name in current}, **body}))
+    return with_etag(change_segment(store(), env, key, body, actor=actor(), expected_version=if_match()))
 
 
 @bp.delete("/<key>")
@@ -66,15 +64,4 @@ def delete_segment(env: str, key: str) -> Response:
 
 
 def _current(env: str, key: str) -> dict[str, Any]:
-    require_environment(env)
-    segment = store().get_segment(env, key)
-    if segment is None:
-        raise NotFound("segment", key)
-    return segment
-
-
-def _write(env: str, key: str, build: Any) -> dict[str, Any]:
-    def write(current: dict[str, Any], version: int) -> dict[str, Any]:
-        record = check_segment({**build(current), "key": key})
-        return store().update_segment(env, key, record, expected_version=version, actor=actor())
-    return versioned_write("segment", key, lambda: _current(env, key), write)
+    return read_segment(store(), env, key)
