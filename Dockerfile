@@ -3,7 +3,7 @@
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    FLAGSERVER_DATABASE_URL=sqlite:////data/flagserver.db
+    FLAGSERVER_INSTANCE_PATH=/data
 
 WORKDIR /app
 COPY sdk/ sdk/

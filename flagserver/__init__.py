@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flask import Flask
@@ -16,7 +17,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from .sdk_config import ConfigCache
     from .storage import open_store
 
-    app = Flask(__name__, instance_relative_config=True)
+    # FLAGSERVER_INSTANCE_PATH moves the folder of the default SQLite file and the session secret.
+    app = Flask(__name__, instance_relative_config=True,
+                instance_path=os.environ.get("FLAGSERVER_INSTANCE_PATH") or None)
     load_config(app, test_config)
     store = open_store(app.config["DATABASE_URL"], redis_prefix=app.config["REDIS_PREFIX"])
     store.initialize()
