@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Flask
 
-from . import admin, flags, health, openapi, sdk, segments
+from . import admin, events, flags, health, openapi, sdk, segments, stats
 
 
 def init_app(app: Flask) -> None:
-    for module in (health, admin, flags, segments, sdk, openapi):
+    for module in (health, admin, flags, segments, stats, sdk, events, openapi):
         app.register_blueprint(module.bp)

@@ -29,6 +29,9 @@ OPERATIONS: list[tuple[str, str, str, str | None, str | None, tuple[int, ...]]] 
      'Change some fields: {"rollout": 25}, {"enabled": false} (If-Match)', "FlagPatch", "Flag", (404, 412, 422)),
     ("/api/v1/envs/{env}/flags/{key}", "delete", "Delete a flag from every environment (If-Match)",
      None, None, (404, 412)),
+    ("/api/v1/envs/{env}/flags/{key}/stats", "get",
+     "Per stage and arm: exposures, each event's rate with a 95% interval, the difference against control, "
+     "and the sample-ratio check", None, None, (404,)),
     ("/api/v1/envs/{env}/segments", "get", "List segments", None, None, (404,)),
     ("/api/v1/envs/{env}/segments", "post", "Create a segment", "Segment", "Segment", (404, 409, 422)),
     ("/api/v1/envs/{env}/segments/{key}", "get", "One segment, with ETag", None, "Segment", (404,)),
@@ -46,6 +49,9 @@ OPERATIONS: list[tuple[str, str, str, str | None, str | None, tuple[int, ...]]] 
      None, None, (400,)),
     ("/api/v1/sdk/config", "get", "The config document of the SDK key's environment (ETag, If-None-Match → 304)",
      None, None, (304,)),
+    ("/api/v1/sdk/events", "post",
+     "For SDK keys: a batch of exposures and conversions (gzip welcome), stored all or nothing, then 202; "
+     "a repeated batch_id is acknowledged and not counted again", None, None, (400, 413, 415, 422)),
     ("/api/v1/openapi.json", "get", "This document", None, None, ()),
     ("/healthz", "get", "The process is alive", None, None, ()),
     ("/readyz", "get", "Storage answers", None, None, (503,)),
