@@ -106,7 +106,8 @@ class RedisStore:
         self._clock = clock
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, **options: Any) -> RedisStore:
+    def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, clock: Callable[[], float] = time.time,
+                 **options: Any) -> RedisStore:
         """A store on `redis://[:password@]host:port/db` (or `rediss://`, `unix://`).
 
         Sockets time out after 1.5 s (connect) and 2 s (reads) so that a dead
@@ -119,7 +120,7 @@ class RedisStore:
         # more would only stretch how long a request waits on a dead server.
         options.setdefault("retry", Retry(NoBackoff(), 1))
         options["decode_responses"] = True
-        return cls(redis.Redis.from_url(url, **options), prefix=prefix)
+        return cls(redis.Redis.from_url(url, **options), prefix=prefix, clock=clock)
 
     @property
     def prefix(self) -> str:
