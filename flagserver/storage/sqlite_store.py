@@ -164,7 +164,7 @@ class SQLiteStore:
         before: Record | None,
         after: Record | None,
     ) -> None:
-        """Append the audit entry of a write; `action` is `<target type>.<verb>`."""
+        """Append the audit entry of a write; `action` is create, update or delete."""
         conn.execute(
             "INSERT INTO audit (at, actor, action, environment, target_type, target_key, before, after)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -215,7 +215,7 @@ class SQLiteStore:
                     conn, key, row["key"], records.placeholder_state(json.loads(row["variants"]), like), now
                 )
             record = {"key": key, "name": name, "created_at": now}
-            self._audit(conn, actor, "environment.create", key, ("environment", key), None, record)
+            self._audit(conn, actor, "create", key, ("environment", key), None, record)
         return record
 
     # flags
@@ -255,7 +255,7 @@ class SQLiteStore:
                 self._insert_state(conn, other, key, state if other == env else elsewhere, now)
             self._bump(conn, None)
             after = self._flag(conn, env, key)
-            self._audit(conn, actor, "flag.create", env, ("flag", key), None, after)
+            self._audit(conn, actor, "create", env, ("flag", key), None, after)
         assert after is not None
         return after
 
@@ -309,7 +309,7 @@ class SQLiteStore:
                 )
             self._bump(conn, None if global_changed else env)
             after = self._flag(conn, env, key)
-            self._audit(conn, actor, "flag.update", env, ("flag", key), before, after)
+            self._audit(conn, actor, "update", env, ("flag", key), before, after)
         assert after is not None
         return after
 
@@ -326,7 +326,7 @@ class SQLiteStore:
             conn.execute("DELETE FROM flag_states WHERE flag = ?", (key,))
             conn.execute("DELETE FROM flags WHERE key = ?", (key,))
             self._bump(conn, None)
-            self._audit(conn, actor, "flag.delete", env, ("flag", key), before, None)
+            self._audit(conn, actor, "delete", env, ("flag", key), before, None)
 
     # segments
 
@@ -359,7 +359,7 @@ class SQLiteStore:
             )
             self._bump(conn, env)
             after = self._segment(conn, env, key)
-            self._audit(conn, actor, "segment.create", env, ("segment", key), None, after)
+            self._audit(conn, actor, "create", env, ("segment", key), None, after)
         assert after is not None
         return after
 
@@ -384,7 +384,7 @@ class SQLiteStore:
                 raise VersionConflict("segment", key, before["version"])
             self._bump(conn, env)
             after = self._segment(conn, env, key)
-            self._audit(conn, actor, "segment.update", env, ("segment", key), before, after)
+            self._audit(conn, actor, "update", env, ("segment", key), before, after)
         assert after is not None
         return after
 
@@ -407,7 +407,7 @@ class SQLiteStore:
                     )
             conn.execute("DELETE FROM segments WHERE environment = ? AND key = ?", (env, key))
             self._bump(conn, env)
-            self._audit(conn, actor, "segment.delete", env, ("segment", key), before, None)
+            self._audit(conn, actor, "delete", env, ("segment", key), before, None)
 
     # the SDK's view
 
@@ -446,7 +446,7 @@ class SQLiteStore:
                 "INSERT INTO tokens (id, name, kind, environment, secret_hash, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (record["id"], record["name"], record["kind"], env, secret_hash, record["created_at"]),
             )
-            self._audit(conn, actor, "token.create", env, ("token", record["id"]), None, record)
+            self._audit(conn, actor, "create", env, ("token", record["id"]), None, record)
         return record
 
     def find_token(self, token_id: str) -> tuple[Record, str] | None:
@@ -456,9 +456,9 @@ class SQLiteStore:
         return None if row is None else (token_record(row), row["secret_hash"])
 
     def list_tokens(self) -> list[Record]:
-        """Oldest first."""
+        """Sorted by id."""
         with self._pool.connection() as conn:
-            rows = conn.execute("SELECT * FROM tokens ORDER BY created_at, id").fetchall()
+            rows = conn.execute("SELECT * FROM tokens ORDER BY id").fetchall()
         return [token_record(row) for row in rows]
 
     def delete_token(self, token_id: str, *, actor: str) -> None:
@@ -469,7 +469,7 @@ class SQLiteStore:
                 raise NotFound("token", token_id)
             conn.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
             before = token_record(row)
-            self._audit(conn, actor, "token.delete", before["environment"], ("token", token_id), before, None)
+            self._audit(conn, actor, "delete", before["environment"], ("token", token_id), before, None)
 
     # audit
 
