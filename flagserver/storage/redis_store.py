@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from .base import (
 from .documents import build_config_document
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "flagserver:"
 # A write that loses the race this many times in a row gives up (each lost race
@@ -136,12 +139,20 @@ class RedisStore:
     @_translated
     def initialize(self) -> None:
         """Record the key layout's version; raise `StoreError` for a prefix that a
-        newer layout wrote. Idempotent; there is nothing else to create."""
+        newer layout wrote. Warns when Redis may evict keys. Idempotent; there is
+        nothing else to create."""
         self._redis.set(self._keys.schema, SCHEMA_VERSION, nx=True)
         found = int(self._call("GET", self._keys.schema) or SCHEMA_VERSION)
         if found > SCHEMA_VERSION:
             raise StoreError(f"Redis prefix {self.prefix!r} holds key layout {found}; this server knows "
                              f"{SCHEMA_VERSION}: upgrade the server")
+        try:
+            policy = self._call("CONFIG", "GET", "maxmemory-policy").get("maxmemory-policy", "noeviction")
+        except redis.ResponseError:  # managed Redis services often refuse CONFIG
+            return
+        if policy != "noeviction":
+            log.warning("Redis maxmemory-policy is %s: when memory runs out Redis may delete flags, "
+                        "segments or tokens; set it to noeviction (docs/redis.md)", policy)
 
     def close(self) -> None:
         """Close the connection pool. Idempotent."""

@@ -6,6 +6,7 @@ store that survives its Redis going away and coming back."""
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import re
 import shutil
@@ -237,8 +238,13 @@ def test_refused_writes_change_nothing_and_leave_no_audit(store: RedisStore) -> 
     with pytest.raises(VersionConflict):
         store.update_flag("production", "new-checkout", {"rollout": 50}, expected_version=7, actor="a")
     with pytest.raises(InvalidReference):
-        store.update_flag("production", "new-checkout", {"rules": [{"id": "r", "segments": ["nope"], "serve": "on"}]},
-                          expected_version=1, actor="a")
+        store.update_flag(
+            "production",
+            "new-checkout",
+            {"rules": [{"id": "r", "segments": ["nope"], "serve": "on"}]},
+            expected_version=1,
+            actor="a",
+        )
     with pytest.raises(AlreadyExists):
         store.create_flag("staging", FLAG, actor="a")
     with pytest.raises(NotFound):
@@ -262,6 +268,7 @@ def test_audit_ids_have_no_gaps_under_concurrent_writers(make_store: Callable[..
         def run() -> None:
             for version in range(1, 21):
                 own.update_flag("production", key, {"rollout": version}, expected_version=version, actor=key)
+
         return run
 
     # When they run at once
@@ -301,13 +308,16 @@ def test_every_config_change_publishes_the_environment(store: RedisStore) -> Non
                 if message is not None and message["type"] == "message":
                     received.append(message["data"])
                 return len(received) >= count
+
             wait_until(enough, what=f"{count} messages on {store.config_channel}")
             out = received[:count]
             del received[:count]
             return out
 
-        wait_until(lambda: (m := pubsub.get_message(timeout=0.05)) is not None and m["type"] == "subscribe",
-                   what="the subscription")
+        wait_until(
+            lambda: (m := pubsub.get_message(timeout=0.05)) is not None and m["type"] == "subscribe",
+            what="the subscription",
+        )
 
         store.create_flag("production", FLAG, actor="a")  # a new flag changes every environment
         assert sorted(poll(2)) == ["production", "staging"]
@@ -336,11 +346,16 @@ def test_racing_updates_with_the_same_expected_version_exactly_one_wins(
     barrier = threading.Barrier(2, timeout=10)
     racers = [make_store(clock=rendezvous_clock(barrier)) for _ in range(2)]
 
-    results = race(*[
-        (lambda s=s, n=n: s.update_flag("production", "new-checkout", {"rollout": n}, expected_version=1,
-                                        actor=f"racer-{n}"))
-        for s, n in zip(racers, (40, 60), strict=True)
-    ])
+    results = race(
+        *[
+            (
+                lambda s=s, n=n: s.update_flag(
+                    "production", "new-checkout", {"rollout": n}, expected_version=1, actor=f"racer-{n}"
+                )
+            )
+            for s, n in zip(racers, (40, 60), strict=True)
+        ]
+    )
 
     winners = [r for r in results if isinstance(r, dict)]
     losers = [r for r in results if isinstance(r, VersionConflict)]
@@ -357,8 +372,12 @@ def test_racing_creates_of_the_same_flag_exactly_one_wins(
     barrier = threading.Barrier(2, timeout=10)
     racers = [make_store(clock=rendezvous_clock(barrier)) for _ in range(2)]
 
-    results = race(*[(lambda s=s, e=e: s.create_flag(e, FLAG, actor=e))
-                     for s, e in zip(racers, ("production", "staging"), strict=True)])
+    results = race(
+        *[
+            (lambda s=s, e=e: s.create_flag(e, FLAG, actor=e))
+            for s, e in zip(racers, ("production", "staging"), strict=True)
+        ]
+    )
 
     assert sorted(type(r).__name__ for r in results) == ["AlreadyExists", "dict"], results
     winner = next(r for r in results if isinstance(r, dict))
@@ -425,7 +444,8 @@ def test_a_redis_that_never_answers_fails_the_call_quickly() -> None:
 class RedisServer:
     """A redis-server of the test's own, on a free port, with an append-only file in `directory`."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
+        self.options = options
         executable = shutil.which("redis-server")
         if executable is None:
             message = "redis-server is not on PATH (apt-get install redis-server)"
@@ -442,9 +462,23 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
-            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                self.executable,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--dir",
+                str(self.directory),
+                *self.options,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_until(self.answers, what=f"redis-server on port {self.port}")
         return self
 
@@ -568,3 +602,18 @@ def test_initialize_refuses_a_prefix_written_by_a_newer_layout(store: RedisStore
         client.close()
     with pytest.raises(StoreError, match="layout 99"):
         store.initialize()
+
+
+@pytest.mark.parametrize(("policy", "warned"), [("allkeys-lru", True), ("noeviction", False)])
+def test_initialize_warns_when_redis_may_evict_our_keys(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, policy: str, warned: bool
+) -> None:
+    server = RedisServer(tmp_path, "--maxmemory-policy", policy).start()
+    store = RedisStore.from_url(server.url, prefix="policy:")
+    try:
+        with caplog.at_level(logging.WARNING, logger="flagserver.storage.redis_store"):
+            store.initialize()
+    finally:
+        store.close()
+        server.stop()
+    assert ("maxmemory-policy is allkeys-lru" in caplog.text) is warned
