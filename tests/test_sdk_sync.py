@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
-
 from flagsdk import FlagClient, __version__
 from flagsdk._sync import CONFIG_PATH, backoff_delay
+from flask import Flask
+
 from tests.live_server import LiveServer
 
 USER = {"key": "user-1"}
@@ -344,6 +344,9 @@ class FakeServer:
     def count(self) -> int:
         return len(self.requests)
 
+    def has_seen(self, n: int) -> Callable[[], bool]:
+        return lambda: len(self.requests) >= n
+
     def start(self) -> FakeServer:
         fake = self
 
@@ -445,12 +448,12 @@ def test_a_body_that_is_not_a_config_is_refused(fake: FakeServer, make_client: C
     for n, garbage in enumerate([b"<html>502 Bad Gateway</html>", b'{"not": "a config"}', b"\xff\xfe",
                                  b"\xff\xfe"], start=2):
         fake.body = garbage
-        wait_for(lambda n=n: fake.count() >= n, timeout=3, what="a poll of the garbage")
+        wait_for(fake.has_seen(n), timeout=3, what="a poll of the garbage")
         assert client.is_enabled("new-checkout", USER)
     assert client.is_ready()
     assert len(changes) == 1
     assert len(sdk_errors(caplog)) == 3  # one per bad body: the same one again is not logged again
-    intervals = [b - a for (a, _), (b, _) in zip(fake.requests, fake.requests[1:])]
+    intervals = [b - a for (a, _), (b, _) in zip(fake.requests, fake.requests[1:], strict=False)]
     assert max(intervals) < 1.5  # the server answers: no backoff, a fix is seen at once
 
     fake.body = None
