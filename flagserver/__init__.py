@@ -21,6 +21,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True,
                 instance_path=os.environ.get("FLAGSERVER_INSTANCE_PATH") or None)
     load_config(app, test_config)
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # the order of variant weights is meaningful
     store = open_store(app.config["DATABASE_URL"], redis_prefix=app.config["REDIS_PREFIX"])
     store.initialize()
     app.extensions["flagserver.store"] = store

@@ -59,7 +59,8 @@ class ConfigCache:
             if entry is not None and entry.version >= version:
                 return entry
             document = self._store.config_document(env)
-            body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+            # Never sort keys: the order of variant weights is part of their meaning.
+            body = json.dumps(document, separators=(",", ":")).encode()
             entry = CachedConfig(env, document["version"], body, f'"{env}-{document["version"]}"', document)
             self._entries[env] = entry
             return entry

@@ -74,7 +74,7 @@ def _broken(code: str, message: str) -> Callable[..., Any]:
     return fail
 
 
-def _condition_matchers(owner: str, conditions: tuple[Any, ...]) -> tuple[Callable[..., bool], ...]:
+def _condition_matchers(owner: str, conditions: tuple[Any, ...]) -> tuple[Matcher, ...]:
     out = []
     for i, condition in enumerate(conditions):
         try:
@@ -84,9 +84,25 @@ def _condition_matchers(owner: str, conditions: tuple[Any, ...]) -> tuple[Callab
     return tuple(out)
 
 
-def _bucket_value(user: Mapping[str, Any], key: str, bucket_by: str) -> str | None:
-    if bucket_by == "key":
-        return key
+def _all_of(matchers: tuple[Matcher, ...]) -> Matcher | None:
+    """One matcher for "all of these", None for none; no extra call layer for one."""
+    if not matchers:
+        return None
+    if len(matchers) == 1:
+        return matchers[0]
+    if len(matchers) == 2:
+        first, second = matchers
+        return lambda user, key: first(user, key) and second(user, key)
+
+    def every(user: Mapping[str, Any], key: str) -> bool:
+        for matcher in matchers:
+            if not matcher(user, key):
+                return False
+        return True
+    return every
+
+
+def _bucket_value(user: Mapping[str, Any], bucket_by: str) -> str | None:
     value = user.get(bucket_by)
     if type(value) is str:
         return value or None
@@ -95,40 +111,62 @@ def _bucket_value(user: Mapping[str, Any], key: str, bucket_by: str) -> str | No
     return None
 
 
+def _below_line(line: int) -> Callable[[int], bool]:
+    """`h -> bucket(h) < line` for the 32-bit hash h, without building the bucket
+    when the line is a whole percentage (then `bucket < line` iff `h % 100 < line // 100`)."""
+    high, low = divmod(line, 100)
+    if low == 0:
+        return lambda h: h % 100 < high
+    return lambda h: h % 100 < high or (h % 100 == high and (h // 100) % 100 < low)
+
+
+class CompiledSegment:
+    """A segment ready for rules: its listed keys apart, so a rule can test them inline.
+
+    `only_keys` is set when the segment is nothing but a key list; `matcher` is the
+    `(user, key) -> bool` of the whole segment.
+    """
+
+    __slots__ = ("matcher", "only_keys", "conditions_only")
+
+    def __init__(self, segment: Segment) -> None:
+        included = frozenset(segment.included)
+        excluded = frozenset(segment.excluded)
+        conditions = _all_of(_condition_matchers(f"segments.{segment.key}", segment.conditions))
+        has_rules = conditions is not None or segment.percentage is not None
+        self.only_keys = included if not has_rules else None
+        # A segment of conditions alone is its conditions' matcher: no layer of its own.
+        self.conditions_only = (conditions if not included and not excluded and segment.percentage is None
+                                else None)
+        prefix = f"{segment.key}:"
+        below = _below_line(threshold(segment.percentage)) if segment.percentage is not None else None
+        bucket_by = segment.bucket_by
+
+        def contains(user: Mapping[str, Any], key: str) -> bool:
+            if key in included:
+                return True
+            if not has_rules or key in excluded:
+                return False
+            if conditions is not None and not conditions(user, key):
+                return False
+            if below is None:
+                return True
+            value = key if bucket_by == "key" else _bucket_value(user, bucket_by)
+            return value is not None and below(mmh3.hash(prefix + value, 0, False))
+        self.matcher: Matcher = contains
+
+
 def compile_segment(segment: Segment) -> Matcher:
     """`(user, key) -> bool`: listed keys first, then conditions and percentage."""
-    included = frozenset(segment.included)
-    excluded = frozenset(segment.excluded)
-    conditions = _condition_matchers(f"segments.{segment.key}", segment.conditions)
-    has_rules = bool(conditions) or segment.percentage is not None
-    prefix = f"{segment.key}:"
-    line = threshold(segment.percentage) if segment.percentage is not None else None
-    bucket_by = segment.bucket_by
-
-    def contains(user: Mapping[str, Any], key: str) -> bool:
-        if key in included:
-            return True
-        if not has_rules or key in excluded:
-            return False
-        for condition in conditions:
-            if not condition(user):
-                return False
-        if line is None:
-            return True
-        value = key if bucket_by == "key" else _bucket_value(user, key, bucket_by)
-        if value is None:
-            return False
-        h = mmh3.hash(prefix + value, 0, False)
-        return (h % 100) * 100 + (h // 100) % 100 < line
-    return contains
+    return CompiledSegment(segment).matcher
 
 
 class _FlagCompiler:
     """Builds the evaluator of one flag and all of its possible results."""
 
-    def __init__(self, flag: Flag, segment_matchers: Mapping[str, Matcher]) -> None:
+    def __init__(self, flag: Flag, segments: Mapping[str, CompiledSegment]) -> None:
         self.flag = flag
-        self.segment_matchers = segment_matchers
+        self.segments = segments
 
     def result(self, variant: str, reason: str, rule_id: str | None = None) -> Evaluation:
         flag = self.flag
@@ -149,16 +187,17 @@ class _FlagCompiler:
         no_bucket = self.result(flag.variants[0], DEFAULT)
         if rollout.weights is None:
             assert rollout.percentage is not None
-            line = threshold(rollout.percentage)
+            below = _below_line(threshold(rollout.percentage))
             on = self.result(flag.variants[-1], SPLIT, rule_id)
             off = self.result(flag.variants[0], SPLIT, rule_id)
+            if bucket_by == "key":
+                return lambda user, key: on if below(mmh3.hash(prefix + key, 0, False)) else off
 
             def by_percentage(user: Mapping[str, Any], key: str) -> Evaluation:
-                value = key if bucket_by == "key" else _bucket_value(user, key, bucket_by)
+                value = _bucket_value(user, bucket_by)
                 if value is None:
                     return no_bucket
-                h = mmh3.hash(prefix + value, 0, False)
-                return on if (h % 100) * 100 + (h // 100) % 100 < line else off
+                return on if below(mmh3.hash(prefix + value, 0, False)) else off
             return by_percentage
 
         ranges = []
@@ -170,7 +209,7 @@ class _FlagCompiler:
         bands = tuple(ranges)
 
         def by_weights(user: Mapping[str, Any], key: str) -> Evaluation:
-            value = key if bucket_by == "key" else _bucket_value(user, key, bucket_by)
+            value = key if bucket_by == "key" else _bucket_value(user, bucket_by)
             if value is None:
                 return no_bucket
             h = mmh3.hash(prefix + value, 0, False)
@@ -182,24 +221,32 @@ class _FlagCompiler:
         return by_weights
 
     def rule_matcher(self, rule: Rule) -> Matcher:
-        missing = [s for s in rule.segments if s not in self.segment_matchers]
+        missing = [s for s in rule.segments if s not in self.segments]
         if missing:
             return _broken(PARSE_ERROR, f"rule {rule.id!r} names unknown segment {missing[0]!r}")
-        segments = tuple(self.segment_matchers[s] for s in rule.segments)
-        conditions = _condition_matchers(f"rules.{rule.id}", rule.conditions)
-
-        def matches(user: Mapping[str, Any], key: str) -> bool:
-            if segments:
-                for segment in segments:
+        compiled = [self.segments[s] for s in rule.segments]
+        keys = frozenset().union(*(c.only_keys for c in compiled if c.only_keys is not None))
+        others = tuple(c.conditions_only or c.matcher for c in compiled if c.only_keys is None)
+        conditions = _all_of(_condition_matchers(f"rules.{rule.id}", rule.conditions))
+        if not compiled:
+            return conditions or (lambda user, key: True)
+        # "In any of the segments": listed keys (one set lookup) or any other segment.
+        if not others:
+            in_segments: Matcher = lambda user, key: key in keys  # noqa: E731
+        elif len(others) == 1:
+            other = others[0]
+            in_segments = (lambda user, key: key in keys or other(user, key)) if keys else other
+        else:
+            def in_segments(user: Mapping[str, Any], key: str) -> bool:
+                if key in keys:
+                    return True
+                for segment in others:
                     if segment(user, key):
-                        break
-                else:
-                    return False
-            for condition in conditions:
-                if not condition(user):
-                    return False
-            return True
-        return matches
+                        return True
+                return False
+        if conditions is None:
+            return in_segments
+        return lambda user, key: in_segments(user, key) and conditions(user, key)
 
     def build(self) -> FlagEvaluator:
         flag = self.flag
@@ -219,8 +266,7 @@ class _FlagCompiler:
             if not enabled:
                 return disabled
             if type(user) is not dict:
-                if not isinstance(user, Mapping):
-                    raise EvaluationError(INVALID_CONTEXT, "user must be a dict with a 'key'")
+                user = as_user_mapping(user)
             key = user.get("key")
             if type(key) is not str or not key:
                 if key is None or key == "":
@@ -233,10 +279,24 @@ class _FlagCompiler:
         return evaluate_flag
 
 
-def compile_flag(flag: Flag, segment_matchers: Mapping[str, Matcher]) -> FlagEvaluator:
+def as_user_mapping(user: Any) -> Mapping[str, Any]:
+    """A user given as a Mapping or an object with `to_dict()` (the SDK's `User`);
+    raises `EvaluationError(INVALID_CONTEXT)` for anything else."""
+    if isinstance(user, Mapping):
+        return user
+    to_dict = getattr(user, "to_dict", None)
+    if to_dict is not None:
+        mapping = to_dict()
+        if isinstance(mapping, Mapping):
+            return mapping
+    raise EvaluationError(INVALID_CONTEXT, "user must be a dict with a 'key'")
+
+
+def compile_flag(flag: Flag, segments: Mapping[str, Segment | CompiledSegment]) -> FlagEvaluator:
     """An evaluator `user -> Evaluation` for `flag`; it raises `EvaluationError`
-    for a bad user or a broken part of the flag, and nothing else."""
-    return _FlagCompiler(flag, segment_matchers).build()
+    (or `InvalidContext`) for a bad user or a broken part of the flag, and nothing else."""
+    compiled = {k: s if isinstance(s, CompiledSegment) else CompiledSegment(s) for k, s in segments.items()}
+    return _FlagCompiler(flag, compiled).build()
 
 
 class Snapshot:
@@ -245,9 +305,9 @@ class Snapshot:
     __slots__ = ("config", "evaluators")
 
     def __init__(self, config: Config) -> None:
-        segment_matchers = {key: compile_segment(s) for key, s in config.segments.items()}
+        segments = {key: CompiledSegment(s) for key, s in config.segments.items()}
         evaluators: dict[str, FlagEvaluator] = {
-            key: compile_flag(flag, segment_matchers) for key, flag in config.flags.items()
+            key: _FlagCompiler(flag, segments).build() for key, flag in config.flags.items()
         }
         for key, problem in config.invalid_flags.items():
             evaluators[key] = _broken(PARSE_ERROR, f"flag {key!r} is malformed: {problem}")
