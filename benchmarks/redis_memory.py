@@ -10,8 +10,10 @@ Objects, in three environments (production, staging, dev):
   owner, two rules (two segments served `on`; a segment at 50%) and a 25% rollout,
   created in production (so idle in the other two);
 - a segment with two conditions (DESIGN.md's `internal`);
-- a list segment of 100 included user keys (`user-000123`), and one of 10,000;
+- a list segment of 100 included user keys (`user-000123`), and one of 10,000,
+  then updated (one more user: its audit entry holds it twice, before and after);
 - an SDK token;
+- an environment (measured under a second prefix, where no flags exist);
 - the audit entries those writes leave (a flag update's entry holds the record
   before and after).
 
@@ -62,9 +64,12 @@ def conditions_segment(i: int) -> dict[str, object]:
                            {"attribute": "country", "op": "in", "values": ["DE", "FR", "NL"]}]}
 
 
+def users(size: int) -> list[str]:
+    return [f"user-{n:06d}" for n in range(size)]
+
+
 def list_segment(i: int, size: int) -> dict[str, object]:
-    return {"key": f"list-{size}-{i:04d}", "description": f"{size} listed users",
-            "included": [f"user-{n:06d}" for n in range(size)]}
+    return {"key": f"list-{size}-{i:04d}", "description": f"{size} listed users", "included": users(size)}
 
 
 class Meter:
@@ -79,7 +84,7 @@ class Meter:
         return {key.decode(): int(self.client.memory_usage(key, samples=0) or 0)
                 for key in self.client.scan_iter(match=f"{self.prefix}*", count=1000)}
 
-    def grow(self, step: Callable[[int], None], count: int) -> dict[str, float]:
+    def grow(self, step: Callable[[int], object], count: int, *, per_env: bool = False) -> dict[str, float]:
         """Bytes per object, per key kind (the key name without prefix and variable part)."""
         before = self.usage()
         for i in range(count):
@@ -91,6 +96,9 @@ class Meter:
             if delta:
                 kind = key[len(self.prefix):]
                 kind = "audit:key:<target>" if kind.startswith("audit:key:") else kind
+                if per_env:  # one key per environment: name them by kind
+                    for word in ("cfgver:", "audit:env:"):
+                        kind = f"{word}<env>" if kind.startswith(word) else kind
                 out[kind] = out.get(kind, 0.0) + delta / count
         return out
 
@@ -113,7 +121,7 @@ def main() -> None:
             store.create_segment("production", {"key": name}, actor="bench")
         info = client.info("server")
         print(f"Redis {info['redis_version']}, {args.count} objects of each kind, bytes per object\n")
-        steps: list[tuple[str, Callable[[int], None], int]] = [
+        steps: list[tuple[str, Callable[[int], object], int]] = [
             ("flag (3 environments) + its create audit entry",
              lambda i: store.create_flag("production", flag(i), actor="alice@company.com"), args.count),
             ("flag update (rollout 25 -> 50) + its audit entry",
@@ -125,6 +133,11 @@ def main() -> None:
              lambda i: store.create_segment("production", list_segment(i, 100), actor="bench"), args.count),
             ("segment, 10,000 listed users + audit entry",
              lambda i: store.create_segment("staging", list_segment(i, 10_000), actor="bench"),
+             max(args.count // 20, 3)),
+            ("update of a 10,000-user segment (one more user) + its audit entry",
+             lambda i: store.update_segment("staging", f"list-10000-{i:04d}",
+                                            {"included": [*users(10_000), "user-x"]},
+                                            expected_version=1, actor="bench"),
              max(args.count // 20, 3)),
             ("sdk token + audit entry",
              lambda i: store.create_token({"id": uuid.uuid4().hex[:16], "name": f"checkout-service-{i}", "kind": "sdk",
@@ -138,7 +151,18 @@ def main() -> None:
                 print(f"| {title} | `{kind}` | {size:,.0f} |")
             print(f"| **{title}** | **total** | **{total:,.0f}** |")
         fixed = meter.usage()
-        print(f"\nafter all that, {len(fixed)} keys, {sum(fixed.values()):,} bytes in all")
+        print(f"\nafter all that, {len(fixed)} keys, {sum(fixed.values()):,} bytes in all\n")
+
+        bare = RedisStore.from_url(args.url, prefix=f"{prefix}bare:")
+        try:
+            grown = Meter(client, f"{prefix}bare:").grow(
+                lambda i: bare.create_environment(f"env-{i:04d}", f"Environment {i}", actor="bench"), args.count,
+                per_env=True)
+        finally:
+            bare.close()
+        for kind, size in sorted(grown.items(), key=lambda kv: -kv[1]):
+            print(f"| environment + its audit entry | `{kind}` | {size:,.0f} |")
+        print(f"| **environment + its audit entry** | **total** | **{sum(grown.values()):,.0f}** |")
     finally:
         store.close()
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
