@@ -38,12 +38,6 @@ class User:
         return {**self.attributes, "key": self.key}
 
 
-def _as_user_dict(user: Any) -> Any:
-    if isinstance(user, User):
-        return user.to_dict()
-    return user
-
-
 class FlagClient:
     """Evaluates flags in-process from a config kept in sync with the flag server.
 
@@ -72,6 +66,7 @@ class FlagClient:
         self._closed = False
         self._close_lock = threading.Lock()
         self._logged: set[tuple[str, str]] = set()
+        self._errors: dict[tuple[str, str | None, str], Evaluation] = {}
         self._on_change = on_change
         self._last_sync: float | None = None
         self._sync: Any = None
@@ -108,7 +103,7 @@ class FlagClient:
         evaluator = self._snapshot.evaluators.get(flag_key)
         if evaluator is not None:
             try:
-                return evaluator(user if type(user) is dict else _as_user_dict(user)).enabled
+                return evaluator(user).enabled
             except Exception:
                 pass
         result = self.evaluate(flag_key, user)
@@ -120,30 +115,35 @@ class FlagClient:
 
     def evaluate(self, flag_key: str, user: Any, default: str | None = None) -> Evaluation:
         """The full result (variant, reason, rule id, ...). Never raises."""
+        evaluator = self._snapshot.evaluators.get(flag_key)
+        if evaluator is None:
+            return self._error(flag_key, default, FLAG_NOT_FOUND, f"no flag {flag_key!r}")
         try:
-            snapshot = self._snapshot
-            evaluator = snapshot.evaluators.get(flag_key)
-            if evaluator is None:
-                code = FLAG_NOT_FOUND
-                result = error_result(flag_key, default, code, f"no flag {flag_key!r}")
-            else:
-                try:
-                    return evaluator(user if type(user) is dict else _as_user_dict(user))
-                except EvaluationError as exc:
-                    result = error_result(flag_key, default, exc.code, exc.message)
-                except InvalidContext as exc:
-                    result = error_result(flag_key, default, INVALID_CONTEXT, str(exc))
+            return evaluator(user)
+        except EvaluationError as exc:
+            return self._error(flag_key, default, exc.code, exc.message)
+        except InvalidContext as exc:
+            return self._error(flag_key, default, INVALID_CONTEXT, str(exc))
         except Exception as exc:  # never let a bug reach the application
-            result = error_result(flag_key, default, GENERAL, repr(exc))
-        self._log_once(result)
-        return result
+            return self._error(flag_key, default, GENERAL, repr(exc))
 
-    def _log_once(self, result: Evaluation) -> None:
-        kind = (result.flag_key, result.error_code or "")
-        if kind not in self._logged:
-            self._logged.add(kind)
-            log.warning("flagsdk: %s for flag %r: %s (serving the default; logged once)",
-                        result.error_code, result.flag_key, result.error_message)
+    def _error(self, flag_key: str, default: str | None, code: str, message: str) -> Evaluation:
+        """The error result, built once per (flag, default, code) and logged once."""
+        cache_key = (flag_key, default, code)
+        try:
+            result = self._errors.get(cache_key)
+        except TypeError:  # an unhashable default
+            return error_result(flag_key, default, code, message)
+        if result is None:
+            result = error_result(flag_key, default, code, message)
+            if len(self._errors) >= 1024:
+                self._errors.clear()
+            self._errors[cache_key] = result
+            if (flag_key, code) not in self._logged:
+                self._logged.add((flag_key, code))
+                log.warning("flagsdk: %s for flag %r: %s (serving the default; logged once)",
+                            code, flag_key, message)
+        return result
 
     # -- config -----------------------------------------------------------------
 
@@ -160,6 +160,7 @@ class FlagClient:
         self._ready = True
         self._last_sync = time.monotonic()
         self._logged = set()
+        self._errors = {}
         if self._on_change is not None:
             try:
                 self._on_change(snapshot)
