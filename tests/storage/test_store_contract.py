@@ -154,7 +154,7 @@ def race(n: int, action: Callable[[int], object]) -> list[object]:
 def test_initialize_again_keeps_data_and_ping_answers(store: Store) -> None:
     environments(store, "production")
     store.initialize()
-    assert store.ping() is None
+    store.ping()  # raises when the backend does not answer
     assert [e["key"] for e in store.list_environments()] == ["production"]
 
 
@@ -982,7 +982,11 @@ def test_racing_creates_of_one_key_exactly_one_wins(store: Store) -> None:
     environments(store, "production", "staging")
     for round_ in range(5):
         key = f"flag-{round_}"
-        results = race(2, lambda i, key=key: store.create_flag("production", {"key": key, "owner": f"t{i}"}, actor="x"))
+
+        def create(i: int, key: str = key) -> Record:
+            return store.create_flag("production", {"key": key, "owner": f"t{i}"}, actor="x")
+
+        results = race(2, create)
         winners = [r for r in results if isinstance(r, dict)]
         losers = [r for r in results if isinstance(r, AlreadyExists)]
         assert len(winners) == 1 and len(losers) == 1, f"round {round_}: {results!r}"
@@ -1010,7 +1014,7 @@ def test_concurrent_writes_to_different_flags_all_land(store: Store) -> None:
 
 # round trip of arbitrary wire data
 
-_names = st.text(alphabet=st.characters(exclude_categories=("Cs",)), min_size=1, max_size=10)
+_names = st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=10)
 _values = st.one_of(
     st.text(max_size=8), st.integers(-(10**9), 10**9), st.floats(allow_nan=False, allow_infinity=False), st.booleans()
 )
