@@ -18,6 +18,19 @@ Every write happens in one transaction together with its audit entry, and bumps
 the `config_version` of each environment whose config document it changes.
 Writes that name an `expected_version` compare it atomically with the stored one
 and raise `VersionConflict` without changing anything when they differ.
+
+Conventions both backends keep (pinned by tests/storage/test_store_contract.py):
+- methods scoped to an environment raise `NotFound("environment")` for an unknown
+  one, reads included; `get_flag`/`get_segment` return None only for a missing
+  flag or segment of a known environment;
+- create fills absent fields with defaults; update replaces the fields present
+  in its dict and keeps the others; each successful update adds 1 to the version;
+- a rule naming a missing segment, or a variant the flag lacks, is
+  `InvalidReference` (field `rules[i].segments`, `rules[i].serve`,
+  `rules[i].rollout`, `rollout`), and so is removing a variant another
+  environment still uses (field `variants`);
+- lists are sorted by key (tokens by id); audit `action` is create, update or
+  delete, newest entry first; token writes do not change config versions.
 """
 
 from __future__ import annotations
