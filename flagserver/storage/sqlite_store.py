@@ -112,8 +112,9 @@ class SQLiteStore:
         self._pool.close()
 
     def ping(self) -> None:
+        """Read the file's header; `StoreUnavailable` when it cannot be opened or is not a database."""
         with self._pool.connection() as conn:
-            conn.execute("SELECT count(*) FROM environments").fetchone()
+            conn.execute("PRAGMA user_version").fetchone()
 
     # steps shared by the operations, all inside a caller's transaction
 

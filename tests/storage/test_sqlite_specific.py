@@ -122,6 +122,15 @@ def test_a_file_that_cannot_be_opened_is_store_unavailable(tmp_path: Path) -> No
     store.close()
 
 
+def test_a_file_that_is_not_a_database_is_store_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "flags.db"
+    path.write_bytes(b"this is no SQLite database, " * 100)
+    store = SQLiteStore(str(path))
+    with pytest.raises(StoreUnavailable, match="not a database"):
+        store.ping()
+    store.close()
+
+
 def test_a_closed_store_is_unavailable_and_close_is_idempotent(store: SQLiteStore) -> None:
     store.ping()
     store.close()
