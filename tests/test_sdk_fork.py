@@ -45,11 +45,11 @@ def fork_and_report(child: Callable[[], dict[str, Any]], after_fork: Callable[[]
             os.close(read_fd)
             signal.alarm(int(timeout))  # a hung child dies rather than hanging the suite
             try:
-                report = child()
+                result = child()
                 code = 0
             except BaseException:
-                report = {"error": traceback.format_exc()}
-            os.write(write_fd, json.dumps(report).encode())
+                result = {"error": traceback.format_exc()}
+            os.write(write_fd, json.dumps(result).encode())
         finally:
             os._exit(code)
     os.close(write_fd)

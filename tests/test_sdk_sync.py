@@ -445,8 +445,8 @@ def test_a_body_that_is_not_a_config_is_refused(fake: FakeServer, make_client: C
     changes: list[Any] = []
     client = make_client(fake.url, "key", poll_interval=1, on_change=changes.append)
 
-    for n, garbage in enumerate([b"<html>502 Bad Gateway</html>", b'{"not": "a config"}', b"\xff\xfe",
-                                 b"\xff\xfe"], start=2):
+    for n, garbage in enumerate([b"<html>502 Bad Gateway</html>", b"\xff\xfe", b'{"not": "a config"}',
+                                 b'{"not": "a config"}'], start=2):
         fake.body = garbage
         wait_for(fake.has_seen(n), timeout=3, what="a poll of the garbage")
         assert client.is_enabled("new-checkout", USER)
