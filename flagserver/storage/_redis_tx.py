@@ -106,7 +106,13 @@ class Transactor:
                         pipe.publish(keys.config_channel, env)
                     pipe.execute()
                     return write.result
-                except redis.WatchError:
+                except redis.WatchError as exc:
+                    # redis-py also raises WatchError when the connection fails while
+                    # watching, EXEC included: then the write may or may not have
+                    # landed, and planning it again would misreport our own write
+                    # as a conflict. Say what is known: Redis failed.
+                    if isinstance(exc.__context__, (redis.ConnectionError, redis.TimeoutError)):
+                        raise StoreUnavailable(f"Redis: {exc.__context__}") from exc
                     continue
         raise StoreUnavailable(f"gave up after {MAX_ATTEMPTS} attempts: the data kept changing meanwhile")
 

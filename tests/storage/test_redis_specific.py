@@ -441,6 +441,45 @@ def test_a_redis_that_never_answers_fails_the_call_quickly() -> None:
             store.close()
 
 
+class ReplyLostAfterExec(Connection):
+    """Loses the reply to the first EXEC it sends, after Redis has applied it."""
+
+    armed = True
+    sent_exec = False
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        packed = b"".join(command) if isinstance(command, list) else command
+        if type(self).armed and b"EXEC\r\n" in packed:
+            self.sent_exec = True
+        super().send_packed_command(command, check_health)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        response = super().read_response(*args, **kwargs)
+        if self.sent_exec and isinstance(response, list):  # EXEC's reply: the only array
+            type(self).armed = self.sent_exec = False
+            self.disconnect()
+            raise redis.ConnectionError("connection lost reading the reply to EXEC")
+        return response
+
+
+def test_a_write_whose_exec_reply_is_lost_is_unavailable_not_a_conflict(
+    store: RedisStore, make_store: Callable[..., RedisStore]
+) -> None:
+    store.create_flag("production", FLAG, actor="setup")
+    flaky = make_store(connection_class=ReplyLostAfterExec)
+
+    # The write landed, but its writer cannot know: it must not claim a conflict with itself.
+    with pytest.raises(StoreUnavailable, match="EXEC"):
+        flaky.update_flag("production", "new-checkout", {"rollout": 50}, expected_version=1, actor="a")
+
+    flag = store.get_flag("production", "new-checkout")
+    assert flag is not None and (flag["version"], flag["rollout"]) == (2, 50)
+    assert [e["action"] for e in store.list_audit(target_key="new-checkout")] == ["update", "create"]
+    # and the same object goes on working
+    again = flaky.update_flag("production", "new-checkout", {"rollout": 60}, expected_version=2, actor="a")
+    assert again["version"] == 3
+
+
 class RedisServer:
     """A redis-server of the test's own, on a free port, with an append-only file in `directory`."""
 
