@@ -441,32 +441,36 @@ def test_a_redis_that_never_answers_fails_the_call_quickly() -> None:
             store.close()
 
 
-class ReplyLostAfterExec(Connection):
-    """Loses the reply to the first EXEC it sends, after Redis has applied it."""
+def reply_lost_after_exec() -> type[Connection]:
+    """A connection class that loses the reply to the first EXEC it sends, after
+    Redis has applied it (a fresh class, so a fresh "first", per call)."""
 
-    armed = True
-    sent_exec = False
+    class ReplyLostAfterExec(Connection):
+        armed = True
+        sent_exec = False
 
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        packed = b"".join(command) if isinstance(command, list) else command
-        if type(self).armed and b"EXEC\r\n" in packed:
-            self.sent_exec = True
-        super().send_packed_command(command, check_health)
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            packed = b"".join(command) if isinstance(command, list) else command
+            if type(self).armed and b"EXEC\r\n" in packed:
+                self.sent_exec = True
+            super().send_packed_command(command, check_health)
 
-    def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        response = super().read_response(*args, **kwargs)
-        if self.sent_exec and isinstance(response, list):  # EXEC's reply: the only array
-            type(self).armed = self.sent_exec = False
-            self.disconnect()
-            raise redis.ConnectionError("connection lost reading the reply to EXEC")
-        return response
+        def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            response = super().read_response(*args, **kwargs)
+            if self.sent_exec and isinstance(response, list):  # EXEC's reply: the only array
+                type(self).armed = self.sent_exec = False
+                self.disconnect()
+                raise redis.ConnectionError("connection lost reading the reply to EXEC")
+            return response
+
+    return ReplyLostAfterExec
 
 
 def test_a_write_whose_exec_reply_is_lost_is_unavailable_not_a_conflict(
     store: RedisStore, make_store: Callable[..., RedisStore]
 ) -> None:
     store.create_flag("production", FLAG, actor="setup")
-    flaky = make_store(connection_class=ReplyLostAfterExec)
+    flaky = make_store(connection_class=reply_lost_after_exec())
 
     # The write landed, but its writer cannot know: it must not claim a conflict with itself.
     with pytest.raises(StoreUnavailable, match="EXEC"):
