@@ -441,8 +441,8 @@ def test_a_redis_that_never_answers_fails_the_call_quickly() -> None:
                 started = time.monotonic()
                 with pytest.raises(StoreUnavailable):
                     call()
-                # two attempts (one retry) of 0.2 s each, and some slack
-                assert time.monotonic() - started < 1.5, name
+                # two attempts (one retry) of 0.2 s each, and slack for a busy machine
+                assert time.monotonic() - started < 3, name
         finally:
             store.close()
 
