@@ -119,13 +119,17 @@ class SdkHttp:
         Any HTTP status is returned, never raised; a request that gets no answer
         raises `TransportError`.
         """
-        headers = {"If-None-Match": etag} if etag else None
+        return self.request("GET", url, headers={"If-None-Match": etag} if etag else None)
+
+    def request(self, method: str, url: str, *, data: bytes | None = None,
+                headers: dict[str, str] | None = None) -> HttpResponse:
+        """One request on the session with the timeout; statuses are returned, a
+        request without an answer raises `TransportError`."""
         try:
-            with self._session.get(url, headers=headers, timeout=self._timeout) as response:
-                body = response.content
+            with self._session.request(method, url, data=data, headers=headers, timeout=self._timeout) as response:
                 return HttpResponse(
                     status=response.status_code,
-                    body=body,
+                    body=response.content,
                     etag=response.headers.get("ETag"),
                     retry_after=parse_retry_after(response.headers.get("Retry-After")),
                 )
