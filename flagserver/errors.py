@@ -40,6 +40,12 @@ def field_error(field: str, message: str) -> APIError:
                     {field or "_schema": [message]})
 
 
+def validation_error(fields: dict[str, list[str]]) -> APIError:
+    """A 422 naming every field in `fields`."""
+    name, messages = next(iter(fields.items()))
+    return APIError(422, "validation_error", f"{name}: {messages[0]}", fields)
+
+
 def error_response(status: int, code: str, message: str, fields: dict[str, Any] | None = None,
                    headers: dict[str, str] | None = None, **extra: Any) -> Response:
     body: dict[str, Any] = {"status": status, "code": code, "message": message}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Response, current_app, jsonify, request
@@ -17,11 +18,17 @@ def store() -> Store:
 
 def json_body() -> Any:
     """The parsed JSON body, or a 400 naming the problem (413 comes first for oversized bodies)."""
-    if not request.get_data(cache=True):
+    raw = request.get_data(cache=True)
+    if not raw:
         raise APIError(400, "bad_request", "the request body must be JSON (it is empty)")
-    body = request.get_json(force=True, silent=True)
-    if body is None:
-        raise APIError(400, "bad_request", "the request body is not valid JSON")
+    try:
+        body = json.loads(raw)
+        # JSON may escape lone surrogates, which no storage can encode.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, "bad_request", "the request body holds invalid Unicode (a lone surrogate)") from None
+    except (ValueError, RecursionError):
+        raise APIError(400, "bad_request", "the request body is not valid JSON") from None
     return body
 
 
@@ -42,7 +49,7 @@ def if_match() -> int | None:
     if tag.startswith("W/"):
         tag = tag[2:]
     tag = tag.strip('"')
-    if not tag.isdigit():
+    if not tag.isdigit() or len(tag) > 18:
         raise APIError(412, "version_mismatch", f"If-Match {header!r} names no version of this object")
     return int(tag)
 

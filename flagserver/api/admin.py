@@ -100,6 +100,8 @@ def audit() -> Response:
         before_id = int(before) if before else None
     except ValueError:
         raise APIError(400, "bad_request", "limit and before must be whole numbers") from None
+    if before_id is not None and not 0 <= before_id < 2**62:
+        raise APIError(400, "bad_request", "before must be an audit entry id")
     if not 1 <= limit <= 1000:
         raise APIError(400, "bad_request", "limit must be from 1 to 1000")
     entries = store().list_audit(environment=request.args.get("environment"), target_key=request.args.get("key"),

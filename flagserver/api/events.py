@@ -59,9 +59,17 @@ def _text(event: dict[str, Any], name: str, where: str, limit: int = MAX_NAME, o
     value = event.get(name)
     if value is None and optional:
         return None
-    if type(value) is not str or not value or len(value) > limit:
+    if type(value) is not str or not value or len(value) > limit or (not value.isascii() and _bad_unicode(value)):
         raise field_error(f"{where}.{name}", f"must be a non-empty string of at most {limit} characters")
     return value
+
+
+def _bad_unicode(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can escape but storage cannot encode
+        return True
+    return False
 
 
 def _time(event: dict[str, Any], where: str, now: float) -> float:

@@ -10,7 +10,6 @@ uses `operators.check_condition` for that.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -66,7 +65,7 @@ def _mapping(data: Any, name: str) -> Mapping[str, Any]:
 
 def check_percentage(value: Any, name: str = "percentage") -> float:
     """A percentage from 0 to 100 in steps of 0.01; raises `ModelError`."""
-    if not _is_number(value) or not math.isfinite(value) or not 0 <= value <= 100:
+    if not _is_number(value) or not 0 <= value <= 100:  # NaN fails the range; a huge int never overflows
         raise ModelError(name, "must be a number from 0 to 100")
     if abs(value * 100 - round(value * 100)) > 1e-6:
         raise ModelError(name, "must be in steps of 0.01")

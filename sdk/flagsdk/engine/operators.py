@@ -57,9 +57,17 @@ def _strings(values: tuple[Any, ...], ignore_case: bool) -> tuple[str, ...]:
     return tuple(v.lower() for v in values) if ignore_case else values
 
 
+def _finite(value: Any) -> bool:
+    """A number a double can hold: finite, and no int too large for a float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _numbers(values: tuple[Any, ...]) -> tuple[float, ...]:
-    if not values or not all(_is_number(v) and math.isfinite(v) for v in values):
-        raise ConditionError("values", "must be a non-empty list of numbers")
+    if not values or not all(_is_number(v) and _finite(v) for v in values):
+        raise ConditionError("values", "must be a non-empty list of finite numbers")
     return values
 
 
@@ -241,7 +249,7 @@ def _semver(compare: Callable[[Any, Any], bool]) -> Callable[[tuple[Any, ...], b
 def parse_timestamp(value: Any) -> float | None:
     """Epoch seconds from a number or an ISO 8601 string (naive means UTC), else None."""
     if _is_number(value):
-        return float(value) if math.isfinite(value) else None
+        return float(value) if _finite(value) else None
     if type(value) is not str or len(value) > 64:
         return None
     text = value.strip()
