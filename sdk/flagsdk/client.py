@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engine.evaluate import (
     ERROR,
@@ -23,6 +23,9 @@ from .engine.evaluate import (
 )
 from .engine.model import ConfigError
 from .engine.operators import InvalidContext
+
+if TYPE_CHECKING:
+    from ._events import EventProcessor
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,11 @@ class FlagClient:
     network. The constructor raises only for programmer errors (no URL and not
     offline, an offline client without a bootstrap that can be read); evaluation
     never raises.
+
+    An online client reports what it serves: each evaluation records an exposure
+    (once per user, flag version and variant in this process), `track` records
+    conversions, and a background thread sends them in batches (`events=False`
+    turns that off; an offline client records nothing). See `stats()`.
     """
 
     def __init__(
@@ -60,6 +68,11 @@ class FlagClient:
         cache_path: str | os.PathLike[str] | None = None,
         on_change: Callable[[Snapshot], None] | None = None,
         timeout: float = 5.0,
+        events: bool = True,
+        event_capacity: int = 10_000,
+        flush_interval: float = 5.0,
+        event_batch_size: int = 500,
+        exposure_dedupe_size: int = 100_000,
     ) -> None:
         self._snapshot = Snapshot.empty()
         self._ready = False
@@ -70,6 +83,7 @@ class FlagClient:
         self._on_change = on_change
         self._last_sync: float | None = None
         self._sync: Any = None
+        self._events: EventProcessor | None = None
         self.offline = offline
         if bootstrap is not None:
             document = _read_bootstrap(bootstrap)
@@ -81,8 +95,19 @@ class FlagClient:
             return
         if not url or not sdk_key:
             raise ValueError("FlagClient needs a server url and an sdk_key, or offline=True")
+        from ._events import EventProcessor
         from ._sync import ConfigSync
 
+        if events:
+            self._events = EventProcessor(
+                url,
+                sdk_key,
+                capacity=event_capacity,
+                batch_size=event_batch_size,
+                flush_interval=flush_interval,
+                dedupe_size=exposure_dedupe_size,
+                timeout=timeout,
+            )
         self._sync = ConfigSync(
             url,
             sdk_key,
@@ -92,6 +117,8 @@ class FlagClient:
             timeout=timeout,
         )
         self._sync.start()
+        if self._events is not None:
+            self._events.start()
         if not self._sync.wait_first(init_timeout):
             log.warning("flagsdk: no config from %s within %.1fs; serving defaults until it arrives", url, init_timeout)
 
@@ -103,9 +130,14 @@ class FlagClient:
         evaluator = self._snapshot.evaluators.get(flag_key)
         if evaluator is not None:
             try:
-                return evaluator(user).enabled
+                result = evaluator(user)
             except Exception:
                 pass
+            else:
+                events = self._events
+                if events is not None:
+                    events.expose(result, user)
+                return result.enabled
         result = self.evaluate(flag_key, user)
         return result.enabled if result.reason != ERROR else default
 
@@ -119,13 +151,17 @@ class FlagClient:
         if evaluator is None:
             return self._error(flag_key, default, FLAG_NOT_FOUND, f"no flag {flag_key!r}")
         try:
-            return evaluator(user)
+            result = evaluator(user)
         except EvaluationError as exc:
             return self._error(flag_key, default, exc.code, exc.message)
         except InvalidContext as exc:
             return self._error(flag_key, default, INVALID_CONTEXT, str(exc))
         except Exception as exc:  # never let a bug reach the application
             return self._error(flag_key, default, GENERAL, repr(exc))
+        events = self._events
+        if events is not None:
+            events.expose(result, user)
+        return result
 
     def _error(self, flag_key: str, default: str | None, code: str, message: str) -> Evaluation:
         """The error result, built once per (flag, default, code) and logged once."""
@@ -183,14 +219,45 @@ class FlagClient:
             return self._sync.config_age()
         return None if self._last_sync is None else time.monotonic() - self._last_sync
 
+    # -- events -----------------------------------------------------------------
+
+    def track(self, event: str, user: Any, value: float | None = None) -> None:
+        """Record that `user` did `event` (any name: "checkout_completed"), with an
+        optional number (an amount, a duration). Sent in the background, never on
+        the caller's thread. Never raises: bad input is logged once and not
+        recorded. An offline client, or one made with `events=False`, records nothing."""
+        events = self._events
+        if events is not None:
+            events.track(event, user, value)
+
+    def flush(self, timeout: float | None = 5.0) -> bool:
+        """Send the recorded events now and wait up to `timeout` seconds (None: no
+        limit) until each was delivered or given up on. True if that happened in
+        time (also when there is nothing to send); never raises."""
+        events = self._events
+        return True if events is None else events.flush(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """Event reporting counts of this process: `sent`, `failed` (refused by the
+        server), `dropped` (buffer full), `queued`, `deduplicated` (exposures already
+        reported) and `stopped` (None, or why reporting stopped: a refused SDK key)."""
+        events = self._events
+        if events is None:
+            return {"sent": 0, "failed": 0, "dropped": 0, "queued": 0, "deduplicated": 0, "stopped": None}
+        return events.stats()
+
     # -- lifecycle --------------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop background work and release the connection pool. Idempotent."""
+    def close(self, timeout: float = 2.0) -> None:
+        """Send the queued events (for up to `timeout` seconds), stop background
+        work and release the connection pools. Idempotent; never raises for a
+        server that cannot be reached (it logs what was not sent)."""
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
+        if self._events is not None:
+            self._events.close(timeout)
         if self._sync is not None:
             self._sync.close()
 
