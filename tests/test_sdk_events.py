@@ -257,7 +257,7 @@ def test_exposures_and_tracks_arrive_in_one_gzipped_batch(receiver: Receiver,
         ("checkout_completed", "staff-1", 49.9), ("signup", "user-7", None)]
     for event in receiver.events():
         assert before - 1 <= event["at"] <= time.time() + 1
-    assert client.stats() == {"sent": 5, "failed": 0, "dropped": 0, "queued": 0, "deduplicated": 0,
+    assert client.stats() == {"sent": 5, "failed": 0, "dropped": 0, "queued": 0,
                               "stopped": None}
 
 
@@ -313,7 +313,6 @@ def test_an_exposure_is_reported_once_per_user_variant_and_flag_version(
 
     # Then each user was reported once
     assert sorted(e["user"] for e in receiver.exposures()) == ["a", "b", "staff-1"]
-    assert client.stats()["deduplicated"] == 3 * 150 - 3
 
     # When the flag changes (a new version) the same users are reported again, once
     receiver.document = document(version=2, rollout=100, flag_version=4)
@@ -399,7 +398,7 @@ def test_a_full_buffer_drops_the_oldest_and_counts_them(receiver: Receiver,
     assert client.stats()["dropped"] == 150 and client.stats()["queued"] == 100
     assert client.flush(timeout=5)
     assert [t["value"] for t in receiver.tracks()] == [float(i) for i in range(150, 250)]
-    assert client.stats() == {"sent": 100, "failed": 0, "dropped": 150, "queued": 0, "deduplicated": 0,
+    assert client.stats() == {"sent": 100, "failed": 0, "dropped": 150, "queued": 0,
                               "stopped": None}
     for i in range(250, 500):
         client.track("purchase", {"key": f"user-{i}"}, value=i)

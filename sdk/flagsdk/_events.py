@@ -85,12 +85,19 @@ MAX_SALVAGES = 10
 # The flusher moves a backlog out of the buffer this many events per lock hold,
 # so an application thread never waits long for the lock.
 TAKE_CHUNK = 64
+# Level 1 is ~3x faster than 6 on batches of events and within a few % of its size.
+GZIP_LEVEL = 1
 
 _POST_HEADERS = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
 
 # Buffered events are tuples, turned into JSON only by the flusher:
 #   exposure: (Evaluation, user_key, at)           -- 3 items
 #   track:    (event_name, user_key, value, at)    -- 4 items
+# In a batch each is `(flag or None, its JSON text)`: the text is written directly
+# (an exposure's fixed part once per Evaluation per batch), several times faster
+# than json.dumps of dicts, and this runs under the application's GIL.
+WireEvent = tuple[str | None, str]
+_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 class _EventsHttp(SdkHttp):
@@ -117,7 +124,7 @@ class _Batch:
     """The batch being delivered: it keeps its id and bytes through every retry."""
 
     batch_id: str
-    events: list[dict[str, Any]]
+    events: list[WireEvent]
     body: bytes
     start: int  # the sequence number of its first event (see EventProcessor._popped)
     attempts: int = 0
@@ -228,7 +235,6 @@ class EventProcessor:
         self._sent = 0
         self._failed = 0
         self._dropped = 0
-        self._deduplicated = 0  # counted without the lock: approximate under contention
         self._stopped: str | None = None  # why sending stopped for good (401/403)
         self._flush_until = 0  # events with a smaller sequence number are due now
         self._flush_requests = 0
@@ -244,18 +250,16 @@ class EventProcessor:
         """Record that `user` was served `result`, unless this process already did
         (same flag, version, variant, reason and rule; bounded LRU). Errors are not
         exposures; a user without a string key is not recorded. Never raises."""
+        # The hot path of every evaluation: a repeat costs one tuple, one lookup and one move.
         try:
-            if result.reason == ERROR:
-                return
-            key = user.get("key") if type(user) is dict else _user_key(user)
-            seen = self._seen
+            key = user["key"] if type(user) is dict else _user_key(user)
             token = (result.flag_key, result.flag_version, result.variant, result.reason, result.rule_id, key)
-            try:
-                seen.move_to_end(token)
-                self._deduplicated += 1
+            seen = self._seen
+            if token in seen:
+                seen.move_to_end(token)  # a KeyError if another thread just evicted it: ignored below
                 return
-            except KeyError:
-                pass
+            if result.reason == ERROR:  # evaluators raise rather than return errors; only a caller's mistake
+                return
             seen[token] = None
             if len(seen) > self._dedupe_size:
                 seen.popitem(last=False)
@@ -265,6 +269,8 @@ class EventProcessor:
                                MAX_USER_KEY)
                 return
             self._add((result, key, time.time()))
+        except (KeyError, TypeError):  # no key (a disabled flag does not need one), an unhashable key, a race
+            return
         except Exception:  # a bug must not reach the application
             self._log_once("expose", "flagsdk: could not record an exposure (logged once)", exc_info=True)
 
@@ -337,9 +343,8 @@ class EventProcessor:
     def stats(self) -> dict[str, Any]:
         """Counts since this process started reporting: `sent` (acknowledged by the
         server), `failed` (refused by it, or not valid to send), `dropped` (the buffer
-        was full, or too old to send), `queued` (waiting), `deduplicated` (exposures
-        already reported; approximate under heavy concurrency), and `stopped` (None,
-        or why sending stopped for good)."""
+        was full, or too old to send), `queued` (waiting) and `stopped` (None, or why
+        sending stopped for good)."""
         with self._lock:
             pending = self._pending
             return {
@@ -347,7 +352,6 @@ class EventProcessor:
                 "failed": self._failed,
                 "dropped": self._dropped,
                 "queued": len(self._buffer) + (len(pending.events) if pending is not None else 0),
-                "deduplicated": self._deduplicated,
                 "stopped": self._stopped,
             }
 
@@ -480,26 +484,27 @@ class EventProcessor:
                 self._settled.notify_all()
         return bool(batch.events)
 
-    def _to_wire(self, taken: Iterable[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    def _to_wire(self, taken: Iterable[tuple[Any, ...]]) -> list[WireEvent]:
         oldest = time.time() - MAX_EVENT_AGE
-        events: list[dict[str, Any]] = []
+        events: list[WireEvent] = []
+        prefixes: dict[int, str | None] = {}  # id(Evaluation): `taken` keeps each alive meanwhile
         too_old = invalid = 0
         for event in taken:
             if event[-1] < oldest:
                 too_old += 1
-                continue
-            if len(event) == 3:
+            elif len(event) == 3:
                 result, user, at = event
-                if not _sendable_exposure(result):
+                prefix = prefixes.get(id(result), "")
+                if prefix == "":
+                    prefix = prefixes[id(result)] = _exposure_prefix(result)
+                if prefix is None:
                     invalid += 1
-                    continue
-                events.append({"kind": "exposure", "flag": result.flag_key, "variant": result.variant,
-                               "rule_id": result.rule_id, "reason": result.reason,
-                               "randomized": result.randomized, "flag_version": result.flag_version,
-                               "user": user, "at": round(at, 3)})
+                else:
+                    events.append((result.flag_key, f'{prefix}{_json_str(user)},"at":{at:.3f}}}'))
             else:
                 name, user, value, at = event
-                events.append({"kind": "track", "event": name, "user": user, "value": value, "at": round(at, 3)})
+                events.append((None, f'{{"kind":"track","event":{_json_str(name)},"user":{_json_str(user)},'
+                                     f'"value":{"null" if value is None else repr(value)},"at":{at:.3f}}}'))
         if too_old or invalid:
             with self._lock:
                 self._dropped += too_old
@@ -571,7 +576,7 @@ class EventProcessor:
         flag = _refused_flag(response.body, batch.events)
         if flag is None:
             return False
-        keep = [e for e in batch.events if not (e["kind"] == "exposure" and e["flag"] == flag)]
+        keep = [e for e in batch.events if e[0] != flag]
         refused = len(batch.events) - len(keep)
         log.warning("flagsdk: the server does not know flag %r (deleted?); dropped %d exposure(s) of it and "
                     "sending the rest of the batch", flag, refused)
@@ -652,19 +657,22 @@ def _user_key(user: Any) -> Any:
     return getattr(user, "key", None)
 
 
-def _sendable_exposure(result: Evaluation) -> bool:
-    version = result.flag_version
-    return (
-        type(result.flag_key) is str and 0 < len(result.flag_key) <= MAX_NAME
-        and type(result.variant) is str and 0 < len(result.variant) <= MAX_NAME
-        and (result.rule_id is None or (type(result.rule_id) is str and 0 < len(result.rule_id) <= MAX_NAME))
-        and type(version) is int and version >= 0
-    )
+def _exposure_prefix(result: Evaluation) -> str | None:
+    """The JSON of an exposure of `result` up to its user; None if the server would refuse it."""
+    flag, variant, rule_id, version = result.flag_key, result.variant, result.rule_id, result.flag_version
+    if not (type(flag) is str and 0 < len(flag) <= MAX_NAME
+            and type(variant) is str and 0 < len(variant) <= MAX_NAME
+            and (rule_id is None or (type(rule_id) is str and 0 < len(rule_id) <= MAX_NAME))
+            and type(version) is int and version >= 0):
+        return None
+    return (f'{{"kind":"exposure","flag":{_json_str(flag)},"variant":{_json_str(variant)},'
+            f'"rule_id":{"null" if rule_id is None else _json_str(rule_id)},"reason":{_json_str(result.reason)},'
+            f'"randomized":{"true" if result.randomized else "false"},"flag_version":{version},"user":')
 
 
 def _encode(batch: _Batch) -> bytes:
-    body = json.dumps({"batch_id": batch.batch_id, "events": batch.events}, separators=(",", ":"))
-    return gzip.compress(body.encode(), compresslevel=6, mtime=0)
+    body = f'{{"batch_id":"{batch.batch_id}","events":[{",".join(text for _, text in batch.events)}]}}'
+    return gzip.compress(body.encode(), compresslevel=GZIP_LEVEL, mtime=0)
 
 
 def _error_body(body: bytes) -> dict[str, Any]:
@@ -682,7 +690,7 @@ def _error_message(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace") or "no details"
 
 
-def _refused_flag(body: bytes, events: list[dict[str, Any]]) -> str | None:
+def _refused_flag(body: bytes, events: list[WireEvent]) -> str | None:
     """The flag of the exposure a 422 names as `events[i].flag`, if that is what it names."""
     fields = _error_body(body).get("fields")
     if not isinstance(fields, dict):
@@ -690,10 +698,9 @@ def _refused_flag(body: bytes, events: list[dict[str, Any]]) -> str | None:
     for name in fields:
         if isinstance(name, str) and name.startswith("events[") and name.endswith("].flag"):
             try:
-                event = events[int(name[len("events["):-len("].flag")])]
+                return events[int(name[len("events["):-len("].flag")])][0]
             except (ValueError, IndexError):
                 return None
-            return event["flag"] if event.get("kind") == "exposure" else None
     return None
 
 

@@ -239,11 +239,11 @@ class FlagClient:
 
     def stats(self) -> dict[str, Any]:
         """Event reporting counts of this process: `sent`, `failed` (refused by the
-        server), `dropped` (buffer full), `queued`, `deduplicated` (exposures already
-        reported) and `stopped` (None, or why reporting stopped: a refused SDK key)."""
+        server), `dropped` (buffer full), `queued` and `stopped` (None, or why reporting
+        stopped: a refused SDK key)."""
         events = self._events
         if events is None:
-            return {"sent": 0, "failed": 0, "dropped": 0, "queued": 0, "deduplicated": 0, "stopped": None}
+            return {"sent": 0, "failed": 0, "dropped": 0, "queued": 0, "stopped": None}
         return events.stats()
 
     # -- lifecycle --------------------------------------------------------------
