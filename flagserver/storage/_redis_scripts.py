@@ -1,4 +1,5 @@
-"""Lua run by `RedisStore` inside its MULTI/EXEC transactions."""
+"""Lua run by `RedisStore`: the audit entry inside its MULTI/EXEC transactions, and
+the scripts of events, decisions and leases (each one atomic call)."""
 
 from __future__ import annotations
 
@@ -17,4 +18,308 @@ if #KEYS >= 4 then
   redis.call('ZADD', KEYS[4], id, id)
 end
 return id
+"""
+
+
+# Counts one batch of events (docs/storage-events.md). A Lua script is atomic in
+# isolation but not in failure: writes made before a runtime error stay. So the
+# script checks every argument and computes every change first, and writes only
+# at the end, with commands that cannot fail on data this store wrote (SET,
+# HSET, HDEL, HINCRBY). A batch therefore counts entirely or not at all.
+#
+# KEYS[1] envs   KEYS[2] batch:<n>:<env>:<id>   KEYS[3] stages:<env>
+# KEYS[4] exposed:<env>   KEYS[5] names:<env>
+# ARGV[1] env   ARGV[2] seconds the batch id is kept   ARGV[3] prefix of stage keys
+# ARGV[4...] the events in the order they apply (time, exposures first at ties):
+#   "e", flag, variant, comparable ("1" or "0"), flag_version, user, at
+#   "c", event, user, value ("" for none), at
+# `at` and values arrive as Python's repr of a float, which Lua reads back exactly.
+# Returns 1 (counted), 0 (a known batch id: nothing counted), -1 (no such environment).
+#
+# One user's exposures in the environment are one field of KEYS[4]: an entry per
+# stage, "stage id,arm id,flags,first_at[,event id...]" joined by ";" (flags:
+# 1 randomized + 2 mixed; the event ids are those the user converted on there).
+# Arm and event names are small ids from KEYS[5] ("n:<name>" -> id, "i:<id>" ->
+# name, "#" the last id). Counters of stage <id> are the hash <prefix><id>, fields
+# <kind><population><#arm>:<arm><event>: kind x exposed, m mixed, u users who
+# converted, v value sum; population a (all) or r (randomized); <event> only for
+# u and v. An entry whose stage hash is gone (its flag was deleted) is dropped
+# when its user is next written.
+RECORD_EVENTS = r"""
+local env, prefix = ARGV[1], ARGV[3]
+if redis.call('HEXISTS', KEYS[1], env) == 0 then return -1 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+
+local function finite(x) return x ~= nil and x == x and x ~= math.huge and x ~= -math.huge end
+
+-- 1. Every argument checked before anything is written.
+local events, n, i = {}, #ARGV, 4
+while i <= n do
+  local kind = ARGV[i]
+  if kind == 'e' and i + 6 <= n then
+    local version, at = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 6])
+    if not finite(version) or not finite(at) then
+      return redis.error_reply('ERR bad exposure at argument ' .. i)
+    end
+    events[#events + 1] = {true, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3] == '1', version, ARGV[i + 5], at, ARGV[i + 6]}
+    i = i + 7
+  elseif kind == 'c' and i + 4 <= n then
+    local at, value = tonumber(ARGV[i + 4]), nil
+    if ARGV[i + 3] ~= '' then
+      value = tonumber(ARGV[i + 3])
+      if not finite(value) then return redis.error_reply('ERR bad value at argument ' .. i) end
+    end
+    if not finite(at) then return redis.error_reply('ERR bad conversion at argument ' .. i) end
+    events[#events + 1] = {false, ARGV[i + 1], ARGV[i + 2], value, at}
+    i = i + 5
+  else
+    return redis.error_reply('ERR bad event at argument ' .. i)
+  end
+end
+
+-- 2. Read what the batch needs and apply it in memory, in order.
+local stages = {}     -- flag -> {{start_version, stage id}, ...} | false (no such flag)
+local function stage_of(flag, version)
+  local list = stages[flag]
+  if list == nil then
+    local raw = redis.call('HGET', KEYS[3], flag)
+    list = false
+    if raw then
+      list = {}
+      for _, stage in ipairs(cjson.decode(raw)) do
+        list[#list + 1] = {stage.start_version, string.format('%d', stage.id)}
+      end
+    end
+    stages[flag] = list
+  end
+  if not list then return nil end
+  for k = #list, 2, -1 do
+    if list[k][1] <= version then return list[k][2] end
+  end
+  return list[1][2]
+end
+
+local ids, names, new_names, last_id = {}, {}, {}, nil
+local function find_id(name)            -- nil when the name has none yet
+  local id = ids[name]
+  if id == nil then
+    id = redis.call('HGET', KEYS[5], 'n:' .. name) or false
+    ids[name] = id
+    if id then names[id] = name end
+  end
+  return id or nil
+end
+local function id_of(name)              -- allocates
+  local id = find_id(name)
+  if id == nil then
+    last_id = (last_id or tonumber(redis.call('HGET', KEYS[5], '#') or '0')) + 1
+    id = string.format('%d', last_id)
+    ids[name], names[id] = id, name
+    new_names[#new_names + 1] = name
+  end
+  return id
+end
+local function name_of(id)
+  local name = names[id]
+  if name == nil then
+    name = redis.call('HGET', KEYS[5], 'i:' .. id)
+    names[id] = name
+  end
+  return name
+end
+
+local alive = {}      -- stage id -> whether its stage still exists
+local function is_alive(sid)
+  local a = alive[sid]
+  if a == nil then
+    a = redis.call('EXISTS', prefix .. sid) == 1
+    alive[sid] = a
+  end
+  return a
+end
+
+local users = {}      -- user -> {entries, dirty}
+local function user_of(user)
+  local u = users[user]
+  if u == nil then
+    u = {entries = {}, dirty = false}
+    local raw = redis.call('HGET', KEYS[4], user)
+    if raw then
+      for part in string.gmatch(raw, '[^;]+') do
+        local f = {}
+        for x in string.gmatch(part, '[^,]+') do f[#f + 1] = x end
+        if is_alive(f[1]) then
+          local flags = tonumber(f[3])
+          local entry = {sid = f[1], arm = f[2], r = flags % 2 == 1, m = flags >= 2, at = tonumber(f[4]),
+                         at_s = f[4], evs = {}, evl = {}}
+          for k = 5, #f do entry.evs[f[k]] = true; entry.evl[#entry.evl + 1] = f[k] end
+          u.entries[#u.entries + 1] = entry
+        else
+          u.dirty = true
+        end
+      end
+    end
+    users[user] = u
+  end
+  return u
+end
+
+local counts, sums = {}, {}   -- stage key -> field -> delta
+local function add(into, sid, field, delta)
+  local key = prefix .. sid
+  local fields = into[key]
+  if fields == nil then fields = {}; into[key] = fields end
+  fields[field] = (fields[field] or 0) + delta
+end
+local function arm_field(kind, pop, arm, event) return kind .. pop .. #arm .. ':' .. arm .. (event or '') end
+
+for _, ev in ipairs(events) do
+  if ev[1] then
+    local sid = stage_of(ev[2], ev[5])
+    if sid then
+      local u = user_of(ev[6])
+      local entry = nil
+      for _, e in ipairs(u.entries) do if e.sid == sid then entry = e; break end end
+      local variant = ev[3]
+      if entry == nil then
+        entry = {sid = sid, arm = id_of(variant), r = ev[4], m = false, at = ev[7], at_s = ev[8], evs = {}, evl = {}}
+        u.entries[#u.entries + 1] = entry
+        u.dirty, alive[sid] = true, true
+        add(counts, sid, arm_field('x', 'a', variant), 1)
+        if entry.r then add(counts, sid, arm_field('x', 'r', variant), 1) end
+      else
+        if not entry.m and find_id(variant) ~= entry.arm then
+          local arm = name_of(entry.arm)
+          entry.m, u.dirty = true, true
+          add(counts, sid, arm_field('m', 'a', arm), 1)
+          if entry.r then add(counts, sid, arm_field('m', 'r', arm), 1) end
+        end
+        if ev[7] < entry.at then
+          entry.at, entry.at_s, u.dirty = ev[7], ev[8], true
+        end
+      end
+    end
+  else
+    local u = user_of(ev[3])
+    local event, value, at = ev[2], ev[4], ev[5]
+    for _, entry in ipairs(u.entries) do
+      if entry.at <= at then
+        local arm = name_of(entry.arm)
+        local eid = find_id(event)
+        if eid == nil or not entry.evs[eid] then
+          eid = id_of(event)
+          entry.evs[eid] = true
+          entry.evl[#entry.evl + 1] = eid
+          u.dirty = true
+          add(counts, entry.sid, arm_field('u', 'a', arm, event), 1)
+          if entry.r then add(counts, entry.sid, arm_field('u', 'r', arm, event), 1) end
+        end
+        if value ~= nil then
+          add(sums, entry.sid, arm_field('v', 'a', arm, event), value)
+          if entry.r then add(sums, entry.sid, arm_field('v', 'r', arm, event), value) end
+        end
+      end
+    end
+  end
+end
+
+-- 3. Write.
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+if #new_names > 0 then
+  local args = {}
+  for _, name in ipairs(new_names) do
+    local id = ids[name]
+    args[#args + 1] = 'n:' .. name; args[#args + 1] = id
+    args[#args + 1] = 'i:' .. id; args[#args + 1] = name
+  end
+  args[#args + 1] = '#'; args[#args + 1] = string.format('%d', last_id)
+  redis.call('HSET', KEYS[5], unpack(args))
+end
+local sets, dels = {}, {}
+local function flush()
+  if #sets > 0 then redis.call('HSET', KEYS[4], unpack(sets)); sets = {} end
+  if #dels > 0 then redis.call('HDEL', KEYS[4], unpack(dels)); dels = {} end
+end
+for user, u in pairs(users) do
+  if u.dirty then
+    if #u.entries == 0 then
+      dels[#dels + 1] = user
+    else
+      local parts = {}
+      for k, e in ipairs(u.entries) do
+        local flags = (e.r and 1 or 0) + (e.m and 2 or 0)
+        local part = e.sid .. ',' .. e.arm .. ',' .. flags .. ',' .. e.at_s
+        if #e.evl > 0 then part = part .. ',' .. table.concat(e.evl, ',') end
+        parts[k] = part
+      end
+      sets[#sets + 1] = user; sets[#sets + 1] = table.concat(parts, ';')
+    end
+    if #sets >= 1000 or #dels >= 1000 then flush() end
+  end
+end
+flush()
+for key, fields in pairs(counts) do
+  for field, delta in pairs(fields) do redis.call('HINCRBY', key, field, delta) end
+end
+-- Sums as doubles, the batch's own sum added to the stored one: the same
+-- arithmetic as the SQLite backend, and no HINCRBYFLOAT error (an infinite
+-- sum) to stop the script half-way.
+for key, fields in pairs(sums) do
+  for field, delta in pairs(fields) do
+    local stored = tonumber(redis.call('HGET', key, field) or '0')
+    redis.call('HSET', key, field, string.format('%.17g', stored + delta))
+  end
+end
+return 1
+"""
+
+# Appends a decision to a rollout, or overwrites its newest, keeping the newest
+# `DECISIONS_KEPT`; refuses when the environment, flag or rollout is missing,
+# atomically with a delete of the flag.
+#
+# KEYS[1] envs   KEYS[2] flags:<env>   KEYS[3] rollouts:<env>   KEYS[4] decisions:<n>:<env>:<flag>
+# ARGV[1] env   ARGV[2] flag   ARGV[3] the decision's JSON   ARGV[4] "1" to replace the newest
+# ARGV[5] how many to keep
+# Returns 1, or -1 / -2 / -3 for no environment / flag / rollout.
+RECORD_DECISION = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then return -2 end
+if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 0 then return -3 end
+if ARGV[4] == '1' and redis.call('LLEN', KEYS[4]) > 0 then
+  redis.call('LSET', KEYS[4], 0, ARGV[3])
+else
+  redis.call('LPUSH', KEYS[4], ARGV[3])
+  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
+end
+return 1
+"""
+
+# Takes or renews a lease. The value is "<expires_at> <holder>"; the lease is
+# another holder's while its expires_at is after `now`. Who holds it is decided by
+# that value and the caller's clock (which tests may set); the key's own TTL,
+# longer than the lease, only clears leases nobody renews.
+#
+# KEYS[1] lease:<name>   ARGV[1] holder   ARGV[2] now   ARGV[3] expires_at (now + ttl)
+# ARGV[4] the key's TTL in milliseconds
+# Returns 1 (held by the caller until expires_at) or 0 (another holder's).
+ACQUIRE_LEASE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local space = string.find(current, ' ', 1, true)
+  local expires_at, holder = tonumber(string.sub(current, 1, space - 1)), string.sub(current, space + 1)
+  if holder ~= ARGV[1] and expires_at > tonumber(ARGV[2]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[3] .. ' ' .. ARGV[1], 'PX', ARGV[4])
+return 1
+"""
+
+# Deletes a lease if `holder` holds it (expired or not).
+# KEYS[1] lease:<name>   ARGV[1] holder
+RELEASE_LEASE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local space = string.find(current, ' ', 1, true)
+  if string.sub(current, space + 1) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+end
+return 0
 """

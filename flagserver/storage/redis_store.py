@@ -6,6 +6,9 @@ INCR of each touched environment's config version and a PUBLISH on the config
 channel. A concurrent change to a watched key makes EXEC fail, and the write is
 planned again from fresh reads; so version checks, "create only if absent" and
 reference checks hold across processes. docs/redis.md describes the key layout.
+Events and stages (`_redis_events`) and rollouts (`_redis_rollouts`) are mixins
+sharing the client and the steps of `_redis_base`; the flag writes here keep
+every flag's stage list in step in their own transactions.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from . import _records as records
+from ._redis_events import RedisEvents, first_stage, new_stage_ids, next_stage, stage_keys
 from ._redis_keys import SCHEMA_VERSION, Keys
+from ._redis_rollouts import RedisRollouts
 from ._redis_tx import Transactor, Write, dumps, translated
 from .base import (
     GLOBAL_FLAG_FIELDS,
@@ -50,8 +56,9 @@ def _flag(key: str, global_raw: str | None, state_raw: str | None) -> Record | N
     return {"key": key, **json.loads(global_raw), **json.loads(state_raw)}
 
 
-class RedisStore:
-    """A `Store` in one Redis database, every key under `prefix` (docs/redis.md).
+class RedisStore(RedisEvents, RedisRollouts):
+    """A `Store`, an `EventStore` and a `RolloutStore` in one Redis database,
+    every key under `prefix` (docs/redis.md, docs/storage-events.md).
 
     Methods raise the errors of `base.py`; any failure of Redis itself (refused,
     timed out, loading, read-only replica, out of memory) is `StoreUnavailable`.
@@ -65,6 +72,7 @@ class RedisStore:
         self._keys = Keys(prefix)
         self._tx = Transactor(client, self._keys)
         self._clock = clock
+        self._scripts: dict[str, Script] = {}
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, clock: Callable[[], float] = time.time,
@@ -96,14 +104,16 @@ class RedisStore:
 
     @translated
     def initialize(self) -> None:
-        """Record the key layout's version; raise `StoreError` for a prefix that a
-        newer layout wrote. Warns when Redis may evict keys. Idempotent; there is
-        nothing else to create."""
+        """Record the key layout's version, or move a prefix of layout 1 to this one
+        (its flags get their stage 1); raise `StoreError` for a prefix that a newer
+        layout wrote. Warns when Redis may evict keys. Idempotent."""
         self._redis.set(self._keys.schema, SCHEMA_VERSION, nx=True)
         found = int(self._tx.call("GET", self._keys.schema) or SCHEMA_VERSION)
         if found > SCHEMA_VERSION:
             raise StoreError(f"Redis prefix {self.prefix!r} holds key layout {found}; this server knows "
                              f"{SCHEMA_VERSION}: upgrade the server")
+        if found < SCHEMA_VERSION:
+            self._migrate_to_stages()
         try:
             policy = self._tx.call("CONFIG", "GET", "maxmemory-policy").get("maxmemory-policy", "noeviction")
         except redis.ResponseError:  # managed Redis services often refuse CONFIG
@@ -119,17 +129,6 @@ class RedisStore:
     @translated
     def ping(self) -> None:
         self._redis.ping()
-
-    # machinery
-
-    def _audit(self, actor: str, action: str, env: str | None, target_type: str, target_key: str,
-               before: Record | None, after: Record | None) -> Record:
-        return {"at": self._clock(), "actor": actor, "action": action, "environment": env,
-                "target_type": target_type, "target_key": target_key, "before": before, "after": after}
-
-    def _require_env(self, exists: bool, env: str) -> None:
-        if not exists:
-            raise NotFound("environment", env)
 
     # environments
 
@@ -166,13 +165,15 @@ class RedisStore:
                 ("HSET", keys.environments, key, dumps({"name": name, "created_at": now})),
                 ("SET", keys.config_version(key), 0),  # the INCR of this write makes it 1
             ]
-            states = []
-            for flag_key, raw in sorted(globals_.items()):
+            states, stages = [], []
+            stage_ids = new_stage_ids(self._tx, keys, len(globals_))
+            for (flag_key, raw), stage_id in zip(sorted(globals_.items()), stage_ids, strict=True):
                 rollout = json.loads(like[flag_key])["rollout"] if flag_key in like else 0
                 state = records.placeholder_state(json.loads(raw)["variants"], rollout)
                 states += [flag_key, dumps({**state, "version": 1, "updated_at": now})]
+                stages += [flag_key, first_stage(stage_id, now, state)]
             if states:
-                commands.append(("HSET", keys.flags(key), *states))
+                commands += [("HSET", keys.flags(key), *states), ("HSET", keys.stages(key), *stages)]
             audit = self._audit(actor, "create", key, "environment", key, None, record)
             return Write(record, audit, commands, [key])
 
@@ -224,8 +225,10 @@ class RedisStore:
             elsewhere = {**records.placeholder_state(glob["variants"], state["rollout"]), "version": 1,
                          "updated_at": now}
             commands: list[tuple[Any, ...]] = [("HSET", keys.flag_globals, key, dumps(glob))]
-            for other in envs:
-                commands.append(("HSET", keys.flags(other), key, dumps(here if other == env else elsewhere)))
+            for other, stage_id in zip(envs, new_stage_ids(self._tx, keys, len(envs)), strict=True):
+                there = here if other == env else elsewhere
+                commands += [("HSET", keys.flags(other), key, dumps(there)),
+                             ("HSET", keys.stages(other), key, first_stage(stage_id, now, there))]
             after = {"key": key, **glob, **here}
             return Write(after, self._audit(actor, "create", env, "flag", key, None, after), commands, envs)
 
@@ -242,9 +245,10 @@ class RedisStore:
         keys = self._keys
 
         def plan(pipe: Pipeline) -> Write:
-            env_exists, global_raw, state_raw, segments, envs = self._tx.read(
+            env_exists, global_raw, state_raw, segments, envs, stages_raw = self._tx.read(
                 ("HEXISTS", keys.environments, env), ("HGET", keys.flag_globals, key),
-                ("HGET", keys.flags(env), key), ("HKEYS", keys.segments(env)), ("HKEYS", keys.environments))
+                ("HGET", keys.flags(env), key), ("HKEYS", keys.segments(env)), ("HKEYS", keys.environments),
+                ("HGET", keys.stages(env), key))
             self._require_env(env_exists, env)
             before = _flag(key, global_raw, state_raw)
             if before is None:
@@ -258,6 +262,10 @@ class RedisStore:
             now = self._clock()
             here = {**state, "version": before["version"] + 1, "updated_at": now}
             commands: list[tuple[Any, ...]] = [("HSET", keys.flags(env), key, dumps(here))]
+            if records.starts_stage(before, state):
+                (stage_id,) = new_stage_ids(self._tx, keys, 1)
+                stages = next_stage(stages_raw, stage_id, here["version"], now, state)
+                commands.append(("HSET", keys.stages(env), key, stages))
             changed = [env]
             if any(glob[name] != before[name] for name in GLOBAL_FLAG_FIELDS):
                 # The flag changes in every environment: rewrite its state there
@@ -280,13 +288,16 @@ class RedisStore:
             after = {"key": key, **glob, **here}
             return Write(after, self._audit(actor, "update", env, "flag", key, before, after), commands, changed)
 
-        watch = [keys.environments, keys.flag_globals, keys.flags(env), keys.segments(env)]
+        watch = [keys.environments, keys.flag_globals, keys.flags(env), keys.segments(env), keys.stages(env)]
         return self._tx.write(watch, plan)  # type: ignore[no-any-return]
 
     @translated
     def delete_flag(self, env: str, key: str, *, expected_version: int | None, actor: str) -> None:
-        """Deletes from every environment; `expected_version` (if not None) is the
-        version in `env`. Raises `NotFound` or `VersionConflict`."""
+        """Deletes from every environment, with its stages, their counters, its
+        rollouts and their decisions; `expected_version` (if not None) is the
+        version in `env`. Raises `NotFound` or `VersionConflict`. Users' entries
+        for the deleted stages in `exposed:<env>` go when those users are next
+        counted (docs/storage-events.md)."""
         keys = self._keys
 
         def plan(pipe: Pipeline) -> Write:
@@ -300,7 +311,14 @@ class RedisStore:
             if expected_version is not None and before["version"] != expected_version:
                 raise VersionConflict("flag", key, before["version"])
             commands: list[tuple[Any, ...]] = [("HDEL", keys.flag_globals, key)]
-            commands += [("HDEL", keys.flags(other), key) for other in envs]
+            # Only flag writes change stage lists, but not all of them watch this
+            # environment's flags: watch the lists before reading which stages to drop.
+            pipe.watch(*[keys.stages(other) for other in envs])
+            counters = stage_keys(keys, self._tx.read(*[("HGET", keys.stages(other), key) for other in envs]))
+            for other in envs:
+                commands += [("HDEL", keys.flags(other), key), ("HDEL", keys.stages(other), key),
+                             ("HDEL", keys.rollouts(other), key)]
+            commands.append(("UNLINK", *counters, *[keys.decisions(other, key) for other in envs]))
             return Write(None, self._audit(actor, "delete", env, "flag", key, before, None), commands, envs)
 
         self._tx.write([keys.environments, keys.flag_globals, keys.flags(env)], plan)
