@@ -108,3 +108,16 @@ def check_variants(env: str, rules: list[Any], rollout: Any, variants: list[str]
 def rules_using(rules: list[Any], segment: str) -> list[int]:
     """Indices of the rules that name `segment`."""
     return [i for i, rule in enumerate(rules) if segment in (rule.get("segments") or ())]
+
+
+def starts_stage(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """Whether an update from `before` to `after` (flag records of one environment)
+    begins a new rollout stage: `enabled` or `rollout` changed. Weights compare in
+    their declared order, which decides who gets which variant; 25 and 25.0 are
+    the same percentage."""
+    if bool(before["enabled"]) != bool(after["enabled"]):
+        return True
+    old, new = before["rollout"], after["rollout"]
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return list(old.items()) != list(new.items())
+    return bool(isinstance(old, Mapping) != isinstance(new, Mapping) or old != new)

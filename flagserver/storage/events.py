@@ -16,12 +16,34 @@ Per (environment, flag, stage, arm) the store keeps, exactly:
 Each count exists twice: over all exposures (`all`, for reporting) and over the
 comparison population (`randomized`: reason SPLIT from the flag's own rollout,
 rule id null), which is what canary-versus-control statistics may use.
+
+The rules every backend keeps (pinned by tests/storage/test_events_contract.py):
+- stage 1 starts at version 1 when the flag is created, in every environment
+  (and when an environment is created, for every flag); a new stage starts at the
+  new version in the same transaction as every `update_flag` that changes the
+  flag's `rollout` or `enabled` in that environment (`_records.starts_stage`);
+  deleting a flag deletes its stages and everything counted in them;
+- an exposure belongs to the stage with the largest `start_version` at or below
+  its `flag_version` (a version below the first stage's belongs to stage 1); an
+  exposure of a flag that no longer exists is skipped;
+- a batch is processed in time order (`at`), exposures before conversions at
+  equal times, otherwise in the order given;
+- a user's arm and population (`randomized` when the exposure is `comparable`)
+  are those of their first recorded exposure in the stage; a later exposure with
+  another variant marks them `mixed`, once. Their exposure time is the earliest
+  recorded, so an exposure delivered late can only make later conversions count;
+- a conversion counts in every stage of the environment (any flag) where its user
+  was exposed at or before the conversion's `at`: once per user and event for
+  `users`, every time for `value_sum` (a `value` of None adds nothing);
+- batch ids are remembered per environment for at least `BATCH_ID_RETENTION`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+BATCH_ID_RETENTION = 7 * 24 * 3600  # seconds a batch id is remembered, at least
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +77,11 @@ class EventStore(Protocol):
         """Count a batch, all or nothing. Exposures are applied before conversions of
         the same or a later time (the batch is processed in time order). Returns
         False, counting nothing, when `batch_id` was already recorded for `env`.
-        Raises NotFound for an unknown environment; exposures of flags that do not
-        exist are refused by the caller, not here."""
+        Raises NotFound for an unknown environment, and ValueError, counting
+        nothing, for an event whose `at` (or a conversion's `value`) is not a
+        finite number. Exposures of flags that do not exist are refused by the
+        caller (the API); one that slips through (the flag deleted meanwhile) is
+        skipped."""
 
     def list_stages(self, env: str, flag: str) -> list[dict[str, Any]]:
         """Stages, oldest first: `{"stage", "start_version", "started_at", "rollout",
@@ -65,4 +90,7 @@ class EventStore(Protocol):
     def stage_counts(self, env: str, flag: str, stage: int) -> dict[str, Any]:
         """`{arm: {"all": C, "randomized": C}}` with C =
         `{"exposed": int, "mixed": int, "events": {name: {"users": int, "value_sum": float}}}`.
-        Arms with no exposure are absent."""
+        Arms with no exposure are absent; both populations are present for every
+        arm (zeros and no events when nobody in it was randomized), and an event
+        is present in a population once one of its users converted. Raises
+        NotFound for an unknown environment, flag or stage."""
