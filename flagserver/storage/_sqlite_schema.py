@@ -101,6 +101,105 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX audit_by_target ON audit (target_key, id)",
         ),
     ),
+    Migration(
+        "rollout stages, exposures and conversions, rollouts, decisions, leases",
+        (
+            # A flag's stages in one environment (storage/events.py). AUTOINCREMENT:
+            # a stage id is never reused, so nothing counted can outlive its stage
+            # into another. Deleting a flag's states cascades to its stages, and
+            # from there to everything counted in them.
+            """CREATE TABLE stages (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                environment TEXT NOT NULL,
+                flag TEXT NOT NULL,
+                stage INTEGER NOT NULL,
+                start_version INTEGER NOT NULL,
+                started_at REAL NOT NULL,
+                rollout TEXT NOT NULL,
+                enabled INTEGER NOT NULL,
+                UNIQUE (environment, flag, stage),
+                FOREIGN KEY (environment, flag) REFERENCES flag_states (environment, flag) ON DELETE CASCADE
+            )""",
+            # Flags of a database made before stages existed: one stage from version 1
+            # with their current rollout, begun when that configuration was written.
+            """INSERT INTO stages (environment, flag, stage, start_version, started_at, rollout, enabled)
+               SELECT environment, flag, 1, 1, updated_at, rollout, enabled FROM flag_states""",
+            # One row per user exposed in a stage: their arm and population (of their
+            # first exposure there), whether they were seen with another variant
+            # since, and their earliest exposure (conversions count from then on).
+            # Keyed by stage for writes and deletes; by user for conversions, which
+            # look for every stage their user was exposed in.
+            """CREATE TABLE exposures (
+                stage_id INTEGER NOT NULL REFERENCES stages (id) ON DELETE CASCADE,
+                user_key TEXT NOT NULL,
+                arm TEXT NOT NULL,
+                randomized INTEGER NOT NULL,
+                mixed INTEGER NOT NULL,
+                first_at REAL NOT NULL,
+                PRIMARY KEY (stage_id, user_key)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX exposures_by_user ON exposures (user_key)",
+            # Which exposed users already sent which event in a stage (distinct counts).
+            """CREATE TABLE conversions (
+                stage_id INTEGER NOT NULL REFERENCES stages (id) ON DELETE CASCADE,
+                user_key TEXT NOT NULL,
+                event TEXT NOT NULL,
+                PRIMARY KEY (stage_id, user_key, event)
+            ) WITHOUT ROWID""",
+            # The counts `stage_counts` reads, kept in step by `record_events` in the
+            # same transaction; population is 'all' or 'randomized'.
+            """CREATE TABLE arm_counts (
+                stage_id INTEGER NOT NULL REFERENCES stages (id) ON DELETE CASCADE,
+                arm TEXT NOT NULL,
+                population TEXT NOT NULL,
+                exposed INTEGER NOT NULL,
+                mixed INTEGER NOT NULL,
+                PRIMARY KEY (stage_id, arm, population)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE event_counts (
+                stage_id INTEGER NOT NULL REFERENCES stages (id) ON DELETE CASCADE,
+                arm TEXT NOT NULL,
+                population TEXT NOT NULL,
+                event TEXT NOT NULL,
+                users INTEGER NOT NULL,
+                value_sum REAL NOT NULL,
+                PRIMARY KEY (stage_id, arm, population, event)
+            ) WITHOUT ROWID""",
+            # Batch ids already counted, per environment, for de-duplication.
+            """CREATE TABLE event_batches (
+                environment TEXT NOT NULL REFERENCES environments (key),
+                batch_id TEXT NOT NULL,
+                recorded_at REAL NOT NULL,
+                PRIMARY KEY (environment, batch_id)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX event_batches_by_time ON event_batches (recorded_at)",
+            # plan and state: JSON, opaque to the store.
+            """CREATE TABLE rollouts (
+                environment TEXT NOT NULL,
+                flag TEXT NOT NULL,
+                plan TEXT NOT NULL,
+                state TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                updated_at REAL NOT NULL,
+                PRIMARY KEY (environment, flag),
+                FOREIGN KEY (environment, flag) REFERENCES flag_states (environment, flag) ON DELETE CASCADE
+            ) WITHOUT ROWID""",
+            # seq grows per rollout; the newest decision has the largest.
+            """CREATE TABLE decisions (
+                environment TEXT NOT NULL,
+                flag TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                decision TEXT NOT NULL,
+                PRIMARY KEY (environment, flag, seq),
+                FOREIGN KEY (environment, flag) REFERENCES rollouts (environment, flag) ON DELETE CASCADE
+            ) WITHOUT ROWID""",
+            """CREATE TABLE leases (
+                name TEXT PRIMARY KEY,
+                holder TEXT NOT NULL,
+                expires_at REAL NOT NULL
+            ) WITHOUT ROWID""",
+        ),
+    ),
 )
 
 

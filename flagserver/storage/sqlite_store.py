@@ -6,7 +6,8 @@ in `BEGIN IMMEDIATE`, which takes the database's single write lock up front
 updates with no other writer in between, in this process or any other; its
 audit entry and config-version bumps commit with it. Each operation borrows its
 own connection (`_sqlite_pool`); the schema and its migrations are in
-`_sqlite_schema`.
+`_sqlite_schema`. Events and stages (`_sqlite_events`) and rollouts
+(`_sqlite_rollouts`) are mixins sharing the pool and the steps of `_sqlite_base`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from . import _records as records
+from ._sqlite_events import SQLiteEvents, open_stage
 from ._sqlite_pool import ConnectionPool
+from ._sqlite_rollouts import SQLiteRollouts
 from ._sqlite_schema import (
     FLAG_SELECT,
     MIGRATIONS,
@@ -64,11 +67,12 @@ def _segment_values(fields: Record) -> tuple[Any, ...]:
     )
 
 
-class SQLiteStore:
-    """A `Store` in one SQLite file. Construction does no I/O; call `initialize()`
-    first. Besides the errors of `base.py`, every method raises `StoreUnavailable`
-    when the file stays locked past `busy_timeout` seconds, cannot be opened, is
-    full or corrupt, and after `close()`."""
+class SQLiteStore(SQLiteEvents, SQLiteRollouts):
+    """A `Store`, an `EventStore` and a `RolloutStore` in one SQLite file.
+    Construction does no I/O; call `initialize()` first. Besides the errors of
+    `base.py`, every method raises `StoreUnavailable` when the file stays locked
+    past `busy_timeout` seconds, cannot be opened, is full or corrupt, and after
+    `close()`."""
 
     def __init__(self, path: str, *, busy_timeout: float = 5.0, migrations: Sequence[Migration] = MIGRATIONS) -> None:
         self.path = path
@@ -119,11 +123,6 @@ class SQLiteStore:
     # steps shared by the operations, all inside a caller's transaction
 
     @staticmethod
-    def _require_env(conn: sqlite3.Connection, env: str) -> None:
-        if conn.execute("SELECT 1 FROM environments WHERE key = ?", (env,)).fetchone() is None:
-            raise NotFound("environment", env)
-
-    @staticmethod
     def _flag(conn: sqlite3.Connection, env: str, key: str) -> Record | None:
         row = conn.execute(FLAG_SELECT + " AND f.key = ?", (env, key)).fetchone()
         return None if row is None else flag_record(row)
@@ -141,11 +140,13 @@ class SQLiteStore:
 
     @staticmethod
     def _insert_state(conn: sqlite3.Connection, env: str, key: str, state: Record, now: float) -> None:
+        """The flag's state in `env` at version 1, and its first stage."""
         conn.execute(
             "INSERT INTO flag_states (environment, flag, enabled, rules, rollout, version, updated_at)"
             " VALUES (?, ?, ?, ?, ?, 1, ?)",
             (env, key, int(bool(state["enabled"])), dump(state["rules"]), dump(state["rollout"]), now),
         )
+        open_stage(conn, env, key, 1, state, now)
 
     @staticmethod
     def _bump(conn: sqlite3.Connection, env: str | None) -> None:
@@ -154,31 +155,6 @@ class SQLiteStore:
             conn.execute("UPDATE environments SET config_version = config_version + 1")
         else:
             conn.execute("UPDATE environments SET config_version = config_version + 1 WHERE key = ?", (env,))
-
-    @staticmethod
-    def _audit(
-        conn: sqlite3.Connection,
-        actor: str,
-        action: str,
-        env: str | None,
-        target: tuple[str, str],
-        before: Record | None,
-        after: Record | None,
-    ) -> None:
-        """Append the audit entry of a write; `action` is create, update or delete."""
-        conn.execute(
-            "INSERT INTO audit (at, actor, action, environment, target_type, target_key, before, after)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                time.time(),
-                actor,
-                action,
-                env,
-                *target,
-                None if before is None else dump(before),
-                None if after is None else dump(after),
-            ),
-        )
 
     # environments
 
@@ -300,6 +276,8 @@ class SQLiteStore:
             )
             if cursor.rowcount != 1:  # cannot happen under BEGIN IMMEDIATE; never write blind all the same
                 raise VersionConflict("flag", key, before["version"])
+            if records.starts_stage(before, state):
+                open_stage(conn, env, key, expected_version + 1, state, now)
             global_changed = any(glob[name] != before[name] for name in GLOBAL_FLAG_FIELDS)
             if global_changed:
                 assignments = ", ".join(f"{name} = ?" for name in GLOBAL_FLAG_FIELDS)
@@ -315,7 +293,8 @@ class SQLiteStore:
         return after
 
     def delete_flag(self, env: str, key: str, *, expected_version: int | None, actor: str) -> None:
-        """Delete from every environment; `expected_version`, unless None, is
+        """Delete from every environment, with its stages, counts, rollouts and
+        decisions (the schema's cascades); `expected_version`, unless None, is
         compared with the version in `env`. Raises `NotFound` or `VersionConflict`."""
         with self._pool.transaction(write=True) as conn:
             self._require_env(conn, env)
