@@ -21,7 +21,7 @@ import math
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from operator import itemgetter
 from typing import Any
 
@@ -122,12 +122,7 @@ class _BatchCount:
 
     def _load_users(self, users: set[str]) -> None:
         for chunk in _chunks(sorted(users)):
-            rows = self._conn.execute(
-                "SELECT e.user_key, e.stage_id, e.arm, e.randomized, e.mixed, e.first_at"
-                " FROM exposures AS e JOIN stages AS s ON s.id = e.stage_id"
-                f" WHERE e.user_key IN ({_marks(chunk)}) AND s.environment = ?",
-                (*chunk, self._env),
-            )
+            rows = self._conn.execute(user_rows_sql(len(chunk)), (*chunk, self._env))
             for user, stage_id, arm, randomized, mixed, first_at in rows.fetchall():
                 seen = _Seen(arm, bool(randomized), bool(mixed), first_at, stored=True)
                 self._seen.setdefault(user, {})[stage_id] = seen
@@ -220,12 +215,24 @@ class _BatchCount:
         )
 
 
+def user_rows_sql(n_users: int) -> str:
+    """The exposure rows of `n_users` users in an environment (parameters: the
+    users, then the environment). CROSS JOIN keeps exposures first, found through
+    `exposures_by_user`, then each row's stage by id: a probe per user, where
+    stages first would probe every stage of the environment for every user."""
+    return (
+        "SELECT e.user_key, e.stage_id, e.arm, e.randomized, e.mixed, e.first_at"
+        " FROM exposures AS e CROSS JOIN stages AS s ON s.id = e.stage_id"
+        f" WHERE e.user_key IN ({_marks(range(n_users))}) AND s.environment = ?"
+    )
+
+
 def _chunks(items: list[str]) -> Iterable[list[str]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
 
 
-def _marks(items: Sequence[object]) -> str:
+def _marks(items: Sized) -> str:
     return ", ".join("?" * len(items))
 
 

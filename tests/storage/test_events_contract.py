@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -477,6 +478,39 @@ def test_deleting_a_flag_deletes_its_stages_and_counts(store: Backend) -> None:
     record(store, conversions=[conversion("u1", at=T0 + 9)])  # u1's old exposures are gone with the old flag
     record(store, [exposure("u1", "off", at=T0 + 10)])
     assert counts(store) == {"off": {"all": population(1), "randomized": population(1)}}
+
+
+def test_batches_recorded_concurrently_all_count_exactly_once(store: Backend) -> None:
+    # Given four writers (threads, as two web workers would be) sending batches about the same users
+    given_flag(store)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def send(writer: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            for n in range(5):
+                exposures = [exposure(f"u{i}", ("off", "on")[writer % 2], at=T0 + writer) for i in range(40)]
+                conversions = [conversion(f"u{i}", value=1.0, at=T0 + 10) for i in range(0, 40, 4)]
+                store.record_events("production", f"writer-{writer}-{n}", exposures, conversions)
+                store.record_events("production", f"writer-{writer}-{n}", exposures, conversions)  # a resend
+        except BaseException as exc:  # handed to the test
+            errors.append(exc)
+
+    # When they all send at once
+    threads = [threading.Thread(target=send, args=(w,), name=f"writer-{w}") for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    # Then each user counts once, in one arm, mixed once, and every conversion's value once
+    assert errors == [] and not any(thread.is_alive() for thread in threads)
+    result = counts(store)
+    assert sum(arm["all"]["exposed"] for arm in result.values()) == 40
+    assert sum(arm["all"]["mixed"] for arm in result.values()) == 40
+    assert sum(arm["all"]["events"]["checkout"]["users"] for arm in result.values()) == 10
+    assert sum(arm["all"]["events"]["checkout"]["value_sum"] for arm in result.values()) == 4 * 5 * 10
 
 
 # exact counts against a model
