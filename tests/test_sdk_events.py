@@ -529,7 +529,7 @@ def test_flush_and_close_keep_their_deadlines(receiver: Receiver, make_client: C
 
     # Then the client says what it could not send, and its thread ends
     assert client.stats()["queued"] == 1
-    assert any("could not be sent" in m for m in sdk_logs(caplog))
+    assert any("were not sent" in m for m in sdk_logs(caplog))
     wait_for(lambda: not event_threads(), timeout=3, what="the flusher to end")
     client.track("signup", {"key": "u2"})  # after close: ignored, never raises
     assert client.stats()["queued"] == 1
@@ -621,3 +621,193 @@ def test_programmer_errors_in_the_options_raise() -> None:
         with pytest.raises(ValueError):
             FlagClient("http://127.0.0.1:9", KEY, init_timeout=0, **options)
     assert not event_threads()
+
+
+# -- end to end: the real server counts what the SDK sends -------------------------------------------
+
+BACKENDS = ["sqlite", "redis"]
+FLAG = "new-checkout"
+METRIC = "checkout_completed"
+
+
+class SlowFirstEvents:
+    """WSGI middleware on the real app: the first event batch is stored, then answered
+    later than the SDK waits, so the SDK sends it again. Remembers every answer."""
+
+    def __init__(self, wsgi_app: Any, delay: float) -> None:
+        self.wsgi_app = wsgi_app
+        self.delay = delay
+        self.answers: list[dict[str, Any]] = []
+        self.released = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") != EVENTS_PATH:
+            return self.wsgi_app(environ, start_response)
+        body = b"".join(self.wsgi_app(environ, start_response))
+        with self._lock:
+            self.answers.append(json.loads(body))
+            first = len(self.answers) == 1
+        if first:
+            self.released.wait(self.delay)
+        return [body]
+
+
+@pytest.fixture
+def admin_http(app: Any) -> Any:
+    return app.test_client()
+
+
+def create_flag(admin_http: Any, admin: dict[str, str], rollout: float = 25) -> None:
+    """new-checkout: `on` for staff (an @company.com email, not randomized), else a `rollout` % split."""
+    response = admin_http.post("/api/v1/envs/production/flags", headers=admin, json={
+        "key": FLAG, "enabled": True, "variants": ["off", "on"], "rollout": rollout,
+        "rules": [{"id": "staff", "conditions": [{"attribute": "email", "op": "ends_with",
+                                                  "values": ["@company.com"]}], "serve": "on"}]})
+    assert response.status_code == 201, response.get_json()
+
+
+def population(n: int) -> list[dict[str, Any]]:
+    """`n` users; every 10th is staff."""
+    return [{"key": f"user-{i}", "email": f"u{i}@{'company.com' if i % 10 == 0 else 'example.org'}"}
+            for i in range(n)]
+
+
+def converts(index: int, variant: str | None) -> bool:
+    """The known conversion pattern: a third of the canary, a fifth of the control."""
+    return index % 3 == 0 if variant == "on" else index % 5 == 0
+
+
+@dataclass
+class Expected:
+    exposed: dict[str, int] = field(default_factory=lambda: {"off": 0, "on": 0})
+    randomized: dict[str, int] = field(default_factory=lambda: {"off": 0, "on": 0})
+    converted: dict[str, int] = field(default_factory=lambda: {"off": 0, "on": 0})
+    converted_randomized: dict[str, int] = field(default_factory=lambda: {"off": 0, "on": 0})
+    value_sum: dict[str, float] = field(default_factory=lambda: {"off": 0.0, "on": 0.0})
+
+
+def run_population(client: FlagClient, people: list[dict[str, Any]]) -> Expected:
+    """Each user is evaluated (three times, through each entry point) and, following
+    the pattern, converts twice (one user, two events: counted once, summed twice).
+    The expectation comes from the engine's own answer for each user."""
+    expected = Expected()
+    for i, user in enumerate(people):
+        result = client.evaluate(FLAG, user)
+        assert client.is_enabled(FLAG, user) == result.enabled
+        assert client.variant(FLAG, user) == result.variant
+        arm = str(result.variant)
+        expected.exposed[arm] += 1
+        expected.randomized[arm] += result.randomized
+        if converts(i, arm):
+            client.track(METRIC, user, value=10.0)
+            client.track(METRIC, user, value=2.5)
+            expected.converted[arm] += 1
+            expected.converted_randomized[arm] += result.randomized
+            expected.value_sum[arm] += 12.5
+    return expected
+
+
+def server_counts(admin_http: Any, admin: dict[str, str]) -> dict[str, Any]:
+    response = admin_http.get(f"/api/v1/envs/production/flags/{FLAG}/stats", headers=admin)
+    assert response.status_code == 200, response.get_json()
+    [stage] = [s for s in response.get_json()["stages"] if s["current"]]
+    return dict(stage["arms"])
+
+
+def assert_counted(arms: dict[str, Any], expected: Expected) -> None:
+    for arm in ("off", "on"):
+        got = arms[arm]
+        assert got["exposed"] == expected.exposed[arm], arm
+        assert got["randomized_exposed"] == expected.randomized[arm], arm
+        assert got["mixed"] == 0
+        metric = got["events"][METRIC]
+        assert metric["users"] == expected.converted[arm], arm
+        assert metric["randomized_users"] == expected.converted_randomized[arm], arm
+        assert metric["value_sum"] == pytest.approx(expected.value_sum[arm]), arm
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_the_server_counts_exactly_what_2000_users_did(live_server: Any, sdk_key: str, admin: dict[str, str],
+                                                       admin_http: Any, make_client: Callable[..., FlagClient],
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    # Given a flag at 25% with a staff rule, and an SDK sending batches of 500 every 0.2 s
+    create_flag(admin_http, admin, rollout=25)
+    client = make_client(live_server.url, sdk_key, flush_interval=0.2)
+
+    # When 2,000 users are evaluated and convert in a known pattern; some people who
+    # were never exposed convert too (they count nowhere)
+    expected = run_population(client, population(2000))
+    for i in range(50):
+        client.track(METRIC, {"key": f"never-exposed-{i}"}, value=1.0)
+    assert client.flush(timeout=20)
+
+    # Then the server counted exactly what the engine decided, per arm and population
+    assert expected.randomized["on"] > 300 and expected.exposed["on"] > expected.randomized["on"]  # both kinds
+    assert_counted(server_counts(admin_http, admin), expected)
+    stats = client.stats()
+    sent = sum(expected.exposed.values()) + 2 * sum(expected.converted.values()) + 50
+    assert stats == {"sent": sent, "failed": 0, "dropped": 0, "queued": 0, "stopped": None}
+    assert not sdk_logs(caplog)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_events_made_while_the_server_is_down_arrive_when_it_returns(
+        live_server: Any, sdk_key: str, admin: dict[str, str], admin_http: Any,
+        make_client: Callable[..., FlagClient]) -> None:
+    create_flag(admin_http, admin, rollout=50)
+    client = make_client(live_server.url, sdk_key, flush_interval=0.1)
+
+    # Given the server goes down
+    live_server.stop()
+
+    # When users are evaluated and convert meanwhile
+    expected = run_population(client, population(300))
+    assert client.flush(timeout=0.5) is False
+    assert client.stats()["queued"] > 0
+
+    # Then they are delivered once it is back (on the same port)
+    live_server.start()
+    assert client.flush(timeout=15)
+    assert_counted(server_counts(admin_http, admin), expected)
+    assert client.stats()["failed"] == 0 and client.stats()["dropped"] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_over_the_bound_the_drop_count_says_how_many(live_server: Any, sdk_key: str, admin: dict[str, str],
+                                                     admin_http: Any, make_client: Callable[..., FlagClient]) -> None:
+    # Given a buffer of 100 events that nothing empties before the flush
+    create_flag(admin_http, admin, rollout=50)
+    client = make_client(live_server.url, sdk_key, event_capacity=100)
+
+    # When 250 users are exposed
+    people = population(250)
+    for user in people:
+        client.is_enabled(FLAG, user)
+    assert client.flush(timeout=10)
+
+    # Then the 150 oldest were dropped, and the server counted the other 100
+    assert client.stats()["dropped"] == 150 and client.stats()["sent"] == 100
+    arms = server_counts(admin_http, admin)
+    assert sum(arm["exposed"] for arm in arms.values()) == 100
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_a_batch_sent_again_after_a_timeout_is_counted_once(
+        app: Any, live_server: Any, sdk_key: str, admin: dict[str, str], admin_http: Any,
+        make_client: Callable[..., FlagClient]) -> None:
+    # Given a server whose first answer to an event batch comes after the SDK stopped waiting
+    create_flag(admin_http, admin, rollout=50)
+    slow = SlowFirstEvents(app.wsgi_app, delay=3.0)
+    app.wsgi_app = slow  # type: ignore[method-assign]
+    client = make_client(live_server.url, sdk_key, timeout=1.0)
+
+    # When a batch is sent, times out and is sent again
+    expected = run_population(client, population(200))
+    assert client.flush(timeout=15)
+    slow.released.set()
+
+    # Then the server stored it the first time, called the resend a duplicate, and counted it once
+    assert [a["duplicate"] for a in slow.answers] == [False, True]
+    assert slow.answers[0]["batch_id"] == slow.answers[1]["batch_id"]
+    assert_counted(server_counts(admin_http, admin), expected)

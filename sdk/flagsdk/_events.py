@@ -373,7 +373,7 @@ class EventProcessor:
             thread.join(max(0.0, timeout) + 0.1)
         queued = self.stats()["queued"]
         if queued and self._stopped is None:
-            log.warning("flagsdk: %d event(s) could not be sent to %s before close() gave up after %.1fs",
+            log.warning("flagsdk: %d event(s) were not sent to %s (close() waits for them up to %.1fs)",
                         queued, self._log_url, timeout)
 
     # -- the thread -------------------------------------------------------------------------
