@@ -190,7 +190,8 @@ class RolloutPlan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutPlan:
-        """From `{"config": ..., "state": ...}`; raises PlanError for a bad config or state."""
+        """From `{"config": ..., "state": ...}`; raises PlanError for a bad config, StateError
+        for an unreadable state."""
         return cls(PlanConfig.from_dict(data.get("config", {})), PlanState.from_dict(data.get("state", {})))
 
     def to_dict(self) -> dict[str, Any]:
