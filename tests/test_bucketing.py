@@ -14,7 +14,6 @@ from typing import Any
 
 import mmh3
 import pytest
-
 from flagsdk import bucket
 from flagsdk.engine import threshold
 

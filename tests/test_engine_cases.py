@@ -11,12 +11,12 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 import flagsdk
+import pytest
 from flagsdk import FlagClient, Snapshot
 from flagsdk.engine.model import Config
 from flagsdk.engine.operators import OPERATORS
+
 from tests.evaluation_cases import EXPECT_FIELDS, case_ids, load_cases
 
 CASES = load_cases()

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from flagsdk import FlagClient, Snapshot, User, bucket
 from flagsdk.testing import TestData
+
 from tests.evaluation_cases import load_cases
 
 CONFIG: dict[str, Any] = {
@@ -70,7 +70,8 @@ def test_a_dict_bootstrap_serves_its_flags(client: FlagClient) -> None:
     assert client.is_enabled("new-checkout", {"key": BUCKET_2500}) is False
     assert client.variant("layout", {"key": "anyone"}) == "blue"
     result = client.evaluate("new-checkout", STAFF)
-    assert (result.variant, result.reason, result.rule_id, result.randomized) == ("on", "TARGETING_MATCH", "staff", False)
+    assert (result.variant, result.reason, result.rule_id, result.randomized) == (
+        "on", "TARGETING_MATCH", "staff", False)
 
 
 @pytest.mark.parametrize("as_path", [str, Path], ids=["str", "Path"])

@@ -11,7 +11,6 @@ import sys
 import textwrap
 
 import pytest
-
 from flagsdk import Snapshot
 from flagsdk.engine import Condition, ConditionError, check_condition, check_pattern
 from flagsdk.engine.operators import OPERATORS, parse_timestamp, semver_key
@@ -40,7 +39,7 @@ PRECEDENCE = [
 def test_semver_key_orders_by_semantic_version_precedence() -> None:
     keys = [semver_key(v) for v in PRECEDENCE]
     assert None not in keys
-    for lower, higher, a, b in zip(keys, keys[1:], PRECEDENCE, PRECEDENCE[1:]):
+    for lower, higher, a, b in zip(keys, keys[1:], PRECEDENCE, PRECEDENCE[1:], strict=False):
         assert lower < higher, f"{a} < {b}"
     assert sorted(PRECEDENCE, key=semver_key) == PRECEDENCE
 

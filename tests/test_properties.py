@@ -12,10 +12,10 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from flagsdk import ConfigError, Evaluation, FlagClient, Snapshot, User, bucket
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from flagsdk import ConfigError, Evaluation, FlagClient, Snapshot, User, bucket
 from tests.evaluation_cases import load_cases
 
 PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=150,
@@ -114,7 +114,7 @@ def test_two_salts_bucket_independently(buckets: dict[str, list[int]], salt_a: s
     """Given 100,000 keys and their deciles under two salts, then the 10x10
     contingency table passes a chi-square test of independence (df 81):
     ALPHA < p < 1 - ALPHA."""
-    table = Counter(zip((b // 1000 for b in buckets[salt_a]), (b // 1000 for b in buckets[salt_b])))
+    table = Counter(zip((b // 1000 for b in buckets[salt_a]), (b // 1000 for b in buckets[salt_b]), strict=True))
     rows = Counter(b // 1000 for b in buckets[salt_a])
     cols = Counter(b // 1000 for b in buckets[salt_b])
     statistic = sum(
@@ -145,9 +145,9 @@ def weight_maps(draw: st.DrawFn) -> dict[str, int]:
     """2 to 5 variants with positive weights summing to 10,000, in a random order."""
     n = draw(st.integers(min_value=2, max_value=5))
     cuts = sorted(draw(st.lists(st.integers(1, 9_999), min_size=n - 1, max_size=n - 1, unique=True)))
-    weights = [b - a for a, b in zip([0, *cuts], [*cuts, 10_000])]
+    weights = [b - a for a, b in zip([0, *cuts], [*cuts, 10_000], strict=True)]
     names = draw(st.permutations([f"v{i}" for i in range(n)]))
-    return dict(zip(names, weights))
+    return dict(zip(names, weights, strict=True))
 
 
 @settings(PROPERTY, max_examples=15)
