@@ -14,6 +14,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from . import api, errors
     from .auth import TokenVerifier
     from .config import load_config
+    from .rollout.controller import RolloutService
+    from .rollout.webhooks import WebhookSender
     from .sdk_config import ConfigCache
     from .storage import open_store
 
@@ -28,6 +30,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["flagserver.tokens"] = TokenVerifier(
         store, app.config["ADMIN_TOKEN"], float(app.config["TOKEN_CACHE_SECONDS"]))
     app.extensions["flagserver.config_cache"] = ConfigCache(store)
+    webhooks = None
+    if app.config["WEBHOOK_URLS"]:
+        webhooks = WebhookSender(app.config["WEBHOOK_URLS"], app.config["WEBHOOK_SECRET"])
+    app.extensions["flagserver.webhooks"] = webhooks
+    app.extensions["flagserver.rollouts"] = RolloutService(store, webhooks)
     errors.init_app(app)
     api.init_app(app)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from flask import Flask
@@ -19,6 +20,11 @@ DEFAULTS: dict[str, Any] = {
     "TOKEN_CACHE_SECONDS": 5.0,
     # Redis key prefix when DATABASE_URL is a redis:// URL.
     "REDIS_PREFIX": "flagserver:",
+    # Rollout webhooks: URLs (a list, or one string of comma-separated URLs) and the HMAC secret.
+    "WEBHOOK_URLS": [],
+    "WEBHOOK_SECRET": "",
+    # The clock of people's rollout actions (tests replace it).
+    "CLOCK": time.time,
 }
 
 
@@ -33,6 +39,9 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
         app.config["DATABASE_URL"] = f"sqlite:///{os.path.join(app.instance_path, 'flagserver.db')}"
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = _instance_secret(app.instance_path)
+    urls = app.config["WEBHOOK_URLS"]
+    if isinstance(urls, str):
+        app.config["WEBHOOK_URLS"] = [u.strip() for u in urls.split(",") if u.strip()]
 
 
 def _instance_secret(instance_path: str) -> str:

@@ -9,6 +9,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, current_app, jsonify
 
 from .. import schemas
+from ..rollout import RolloutPlanSchema
 
 bp = Blueprint("openapi", __name__)
 
@@ -32,6 +33,17 @@ OPERATIONS: list[tuple[str, str, str, str | None, str | None, tuple[int, ...]]] 
     ("/api/v1/envs/{env}/flags/{key}/stats", "get",
      "Per stage and arm: exposures, each event's rate with a 95% interval, the difference against control, "
      "and the sample-ratio check", None, None, (404,)),
+    ("/api/v1/envs/{env}/rollouts", "get", "Rollouts of the environment and where each stands", None, None,
+     (404,)),
+    ("/api/v1/envs/{env}/flags/{key}/rollout-plan", "get",
+     "The flag's rollout plan, its state, the stage ladder and the recent decisions, with ETag", None, None,
+     (404,)),
+    ("/api/v1/envs/{env}/flags/{key}/rollout-plan", "put",
+     "Set the rollout plan (a draft until started; 409 while one runs)", "RolloutPlan", None,
+     (404, 409, 412, 422)),
+    ("/api/v1/envs/{env}/flags/{key}/rollout-plan/{action}", "post",
+     "start, pause, resume, approve (the waiting promotion), rollback (by hand) or abort",
+     None, None, (404, 409, 412)),
     ("/api/v1/envs/{env}/segments", "get", "List segments", None, None, (404,)),
     ("/api/v1/envs/{env}/segments", "post", "Create a segment", "Segment", "Segment", (404, 409, 422)),
     ("/api/v1/envs/{env}/segments/{key}", "get", "One segment, with ETag", None, "Segment", (404,)),
@@ -65,6 +77,7 @@ SCHEMAS = {
     "Environment": schemas.EnvironmentSchema,
     "Token": schemas.TokenSchema,
     "Evaluate": schemas.EvaluateSchema,
+    "RolloutPlan": RolloutPlanSchema,
 }
 
 ERROR_SCHEMA = {

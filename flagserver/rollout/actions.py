@@ -1,0 +1,136 @@
+"""What people do to a rollout (API and CLI): set the plan, start, pause, resume,
+approve, roll back, abort. Each is audited by the store and logged as a decision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import APIError
+from ..storage import VersionConflict
+from ..writes import change_flag, read_flag
+from .controller import ACTIVE_STATUSES, Rollout, RolloutService
+from .plan import PlanConfig, RolloutPlan
+from .policy import Decision, approve, resume
+from .state import PlanState
+
+ACTIONS = ("start", "pause", "resume", "approve", "rollback", "abort")
+
+
+def _conflict(message: str) -> APIError:
+    return APIError(409, "invalid_state", message)
+
+
+def _check_version(rollout: Rollout, expected_version: int | None) -> None:
+    if expected_version is not None and rollout.version != expected_version:
+        raise VersionConflict("rollout plan", rollout.flag, rollout.version)
+
+
+def put_plan(service: RolloutService, env: str, flag: str, config: PlanConfig, *, actor: str,
+             expected_version: int | None = None) -> Rollout:
+    """Create or replace a flag's plan (as a draft). A plan that is running, waiting
+    or paused cannot be replaced: abort it first (409)."""
+    read_flag(service.store, env, flag)
+    record = service.store.get_rollout(env, flag)
+    if record is None:
+        state = {"plan_state": None, "flag_stages": []}
+        return Rollout.from_record(service.store.put_rollout(env, flag, config.to_dict(), state,
+                                                             expected_version=None, actor=actor,
+                                                             action="rollout.plan"))
+    rollout = Rollout.from_record(record)
+    _check_version(rollout, expected_version)
+    if rollout.status in (*ACTIVE_STATUSES, "paused"):
+        raise _conflict(f"the rollout is {rollout.status.replace('_', ' ')}; abort it before replacing its plan")
+    new = service.store.put_rollout(env, flag, config.to_dict(), rollout.state_record(None, ()),
+                                    expected_version=rollout.version, actor=actor, action="rollout.plan")
+    return Rollout.from_record(new)
+
+
+def act(service: RolloutService, env: str, flag: str, action: str, *, actor: str, now: float,
+        expected_version: int | None = None) -> Rollout:
+    """Carry out a person's `action`. 409 when the rollout's status does not allow it."""
+    if action not in ACTIONS:
+        raise APIError(404, "not_found", f"no rollout action {action!r}; one of {', '.join(ACTIONS)}")
+    rollout = service.load(env, flag)
+    _check_version(rollout, expected_version)
+    state = rollout.plan_state
+    who = actor.split(":", 1)[-1]
+    if action == "start":
+        if state is not None and not state.is_final:
+            raise _conflict(f"the rollout is already {rollout.status.replace('_', ' ')}")
+        first = rollout.config.stages[0].percentage
+        value: float | int = int(first) if float(first).is_integer() else first
+        change_flag(service.store, env, flag, {"rollout": value, "enabled": True}, actor=actor)
+        started = RolloutPlan.start(rollout.config, now).state
+        stage = service.store.list_stages(env, flag)[-1]["stage"]
+        decision = _said("start", f"started by {who} at {value}%", started, value)
+        return _store(service, rollout, decision, (stage,), now, actor)
+    if state is None:
+        raise _conflict("the rollout has not started")
+    plan = RolloutPlan(rollout.config, state)
+    stage_pct = rollout.config.stages[state.stage_index].percentage
+    try:
+        if action == "pause":
+            if state.status not in ACTIVE_STATUSES:
+                raise _conflict(f"only a running rollout can be paused; it is {state.status.replace('_', ' ')}")
+            paused = state.with_status("paused", f"paused by {who}", now)
+            return _store(service, rollout, _said("pause", f"paused by {who}", paused, stage_pct),
+                          rollout.flag_stages, now, actor)
+        if action == "resume":
+            resumed = resume(plan, now)
+            return _store(service, rollout, _said("resume", f"resumed by {who}", resumed, stage_pct),
+                          rollout.flag_stages, now, actor)
+        if action == "approve":
+            decision = approve(plan, now)
+            decision = Decision(decision.action, f"{decision.reason} by {who}", decision.numbers, decision.state,
+                                True)
+            return service.apply(rollout, decision, now, actor)
+    except ValueError as exc:
+        raise _conflict(str(exc)) from None
+    if state.is_final:
+        raise _conflict(f"the rollout {state.status.replace('_', ' ')} already")
+    if action == "rollback":
+        target = 0.0
+        if rollout.config.rollback_to == "previous_stage" and state.stage_index > 0:
+            target = rollout.config.stages[state.stage_index - 1].percentage
+        rolled = state.with_status("rolled_back", f"rolled back by {who}", now)
+        decision = Decision("rollback", f"rolled back to {target:g}% by {who}",
+                            {"action": "rollback", "target_percentage": target}, rolled, True)
+        return service.apply(rollout, decision, now, actor)
+    aborted = state.with_status("aborted", f"aborted by {who}", now)
+    return _store(service, rollout, _said("abort", f"aborted by {who}; the flag stays where it is", aborted,
+                                          stage_pct), rollout.flag_stages, now, actor)
+
+
+def _said(action: str, reason: str, state: PlanState, percentage: float | None) -> Decision:
+    return Decision(action, reason, {"action": action, "target_percentage": percentage}, state,  # type: ignore[arg-type]
+                    action in ("pause", "start"))
+
+
+def _store(service: RolloutService, rollout: Rollout, decision: Decision, flag_stages: tuple[int, ...],
+           now: float, actor: str) -> Rollout:
+    record = service.store.put_rollout(rollout.environment, rollout.flag, rollout.config.to_dict(),
+                                       rollout.state_record(decision.state, flag_stages),
+                                       expected_version=rollout.version, actor=actor,
+                                       action=f"rollout.{decision.action}")
+    service.record(rollout, decision, now, actor)
+    if decision.notify:
+        service.notify(rollout, decision, decision.state, now)
+    return Rollout.from_record(record)
+
+
+def describe(service: RolloutService, rollout: Rollout, decisions_limit: int = 50) -> dict[str, Any]:
+    """The API's view of a rollout: plan, state, where it stands, recent decisions."""
+    state = rollout.plan_state
+    stages = [s.percentage for s in rollout.config.stages]
+    return {
+        "environment": rollout.environment,
+        "flag": rollout.flag,
+        "version": rollout.version,
+        "plan": rollout.config.to_dict(),
+        "status": rollout.status,
+        "stage_index": state.stage_index if state is not None else None,
+        "stages": stages,
+        "state": state.to_dict() if state is not None else None,
+        "flag_stages": list(rollout.flag_stages),
+        "decisions": service.store.list_decisions(rollout.environment, rollout.flag, limit=decisions_limit),
+    }
