@@ -115,21 +115,21 @@ def _check_batch(exposures: Iterable[Exposure], conversions: Iterable[Conversion
             raise ValueError(f"conversion {conversion.event!r} by {conversion.user!r}: `value` is not finite")
 
 
-def batch_arguments(exposures: list[Exposure], conversions: list[Conversion]) -> list[Any]:
-    """The events as RECORD_EVENTS takes them: in the order they apply (time;
-    exposures before conversions at equal times; else as given)."""
+def batch_events(exposures: list[Exposure], conversions: list[Conversion]) -> list[list[Any]]:
+    """The events as RECORD_EVENTS takes them (before JSON): in the order they
+    apply (time; exposures before conversions at equal times; else as given)."""
     timeline = [(e.at, 0, i) for i, e in enumerate(exposures)]
     timeline += [(c.at, 1, i) for i, c in enumerate(conversions)]
     timeline.sort()
-    args: list[Any] = []
+    out: list[list[Any]] = []
     for at, kind, i in timeline:
         if kind == 0:
             e = exposures[i]
-            args += ("e", e.flag, e.variant, "1" if e.comparable else "0", e.flag_version, e.user, repr(float(at)))
+            out.append([0, e.flag, e.variant, e.comparable, e.flag_version, e.user, repr(float(at))])
         else:
             c = conversions[i]
-            args += ("c", c.event, c.user, "" if c.value is None else repr(float(c.value)), repr(float(at)))
-    return args
+            out.append([1, c.event, c.user, c.value, at])
+    return out
 
 
 class RedisEvents(RedisBase):
@@ -176,7 +176,9 @@ class RedisEvents(RedisBase):
         (the batch then counted entirely or not at all)."""
         _check_batch(exposures, conversions)
         keys = self._keys
-        args = [env, BATCH_ID_RETENTION, keys.stage_prefix, *batch_arguments(exposures, conversions)]
+        events = json.dumps(batch_events(exposures, conversions), ensure_ascii=False, separators=(",", ":"),
+                            allow_nan=False)
+        args = [env, BATCH_ID_RETENTION, keys.stage_prefix, events]
         script_keys = [keys.environments, keys.batch(env, batch_id), keys.stages(env), keys.exposed(env),
                        keys.names(env)]
         result = int(self._run(RECORD_EVENTS, script_keys, args))

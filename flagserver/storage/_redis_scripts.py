@@ -30,10 +30,13 @@ return id
 # KEYS[1] envs   KEYS[2] batch:<n>:<env>:<id>   KEYS[3] stages:<env>
 # KEYS[4] exposed:<env>   KEYS[5] names:<env>
 # ARGV[1] env   ARGV[2] seconds the batch id is kept   ARGV[3] prefix of stage keys
-# ARGV[4...] the events in the order they apply (time, exposures first at ties):
-#   "e", flag, variant, comparable ("1" or "0"), flag_version, user, at
-#   "c", event, user, value ("" for none), at
-# `at` and values arrive as Python's repr of a float, which Lua reads back exactly.
+# ARGV[4] the events as one JSON array, in the order they apply (time, exposures
+# first at ties), each an array:
+#   [0, flag, variant, comparable (bool), flag_version, user, "at"]   an exposure
+#   [1, event, user, value (number or null), at]                      a conversion
+# An exposure's time is a string, Python's repr of the float: the shortest text
+# that reads back as the same number, stored as it comes. (One argument rather
+# than thousands: redis-py's packing of arguments costs more than the script.)
 # Returns 1 (counted), 0 (a known batch id: nothing counted), -1 (no such environment).
 #
 # One user's exposures in the environment are one field of KEYS[4]: an entry per
@@ -43,60 +46,77 @@ return id
 # name, "#" the last id). Counters of stage <id> are the hash <prefix><id>, fields
 # <kind><population><#arm>:<arm><event>: kind x exposed, m mixed, u users who
 # converted, v value sum; population a (all) or r (randomized); <event> only for
-# u and v. An entry whose stage hash is gone (its flag was deleted) is dropped
-# when its user is next written.
+# u and v; #arm in bytes. An entry whose stage hash is gone (its flag was
+# deleted) is dropped when its user is next written.
 RECORD_EVENTS = r"""
 local env, prefix = ARGV[1], ARGV[3]
 if redis.call('HEXISTS', KEYS[1], env) == 0 then return -1 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 
-local function finite(x) return x ~= nil and x == x and x ~= math.huge and x ~= -math.huge end
+local function finite(x) return type(x) == 'number' and x == x and x ~= math.huge and x ~= -math.huge end
+local function text(x) return type(x) == 'string' end
 
 -- 1. Every argument checked before anything is written.
-local events, n, i = {}, #ARGV, 4
-while i <= n do
-  local kind = ARGV[i]
-  if kind == 'e' and i + 6 <= n then
-    local version, at = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 6])
-    if not finite(version) or not finite(at) then
-      return redis.error_reply('ERR bad exposure at argument ' .. i)
+local ok, events = pcall(cjson.decode, ARGV[4])
+if not ok or type(events) ~= 'table' then return redis.error_reply('ERR the events are not a JSON array') end
+local user_list, flag_list = {}, {}
+local listed = {[user_list] = {}, [flag_list] = {}}
+local function list(into, name)
+  local seen = listed[into]
+  if not seen[name] then seen[name] = true; into[#into + 1] = name end
+end
+for k, ev in ipairs(events) do
+  if type(ev) ~= 'table' then return redis.error_reply('ERR bad event ' .. k) end
+  if ev[1] == 0 then
+    local at = text(ev[7]) and tonumber(ev[7])
+    if not (text(ev[2]) and text(ev[3]) and type(ev[4]) == 'boolean' and finite(ev[5]) and text(ev[6])
+            and finite(at)) then
+      return redis.error_reply('ERR bad exposure, event ' .. k)
     end
-    events[#events + 1] = {true, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3] == '1', version, ARGV[i + 5], at, ARGV[i + 6]}
-    i = i + 7
-  elseif kind == 'c' and i + 4 <= n then
-    local at, value = tonumber(ARGV[i + 4]), nil
-    if ARGV[i + 3] ~= '' then
-      value = tonumber(ARGV[i + 3])
-      if not finite(value) then return redis.error_reply('ERR bad value at argument ' .. i) end
+    ev[8] = at
+    list(flag_list, ev[2])
+    list(user_list, ev[6])
+  elseif ev[1] == 1 then
+    if ev[4] == cjson.null then ev[4] = false end
+    if not (text(ev[2]) and text(ev[3]) and (ev[4] == false or finite(ev[4])) and finite(ev[5])) then
+      return redis.error_reply('ERR bad conversion, event ' .. k)
     end
-    if not finite(at) then return redis.error_reply('ERR bad conversion at argument ' .. i) end
-    events[#events + 1] = {false, ARGV[i + 1], ARGV[i + 2], value, at}
-    i = i + 5
+    list(user_list, ev[3])
   else
-    return redis.error_reply('ERR bad event at argument ' .. i)
+    return redis.error_reply('ERR bad event ' .. k)
   end
 end
 
--- 2. Read what the batch needs and apply it in memory, in order.
+-- 2. Read what the batch needs (in bulk) and apply it in memory, in order.
+local function hmget(key, fields)
+  local out = {}
+  for first = 1, #fields, 1000 do
+    local chunk = {}
+    for k = first, math.min(first + 999, #fields) do chunk[#chunk + 1] = fields[k] end
+    local got = redis.call('HMGET', key, unpack(chunk))
+    for k = 1, #chunk do out[chunk[k]] = got[k] end
+  end
+  return out
+end
+
 local stages = {}     -- flag -> {{start_version, stage id}, ...} | false (no such flag)
-local function stage_of(flag, version)
-  local list = stages[flag]
-  if list == nil then
-    local raw = redis.call('HGET', KEYS[3], flag)
-    list = false
-    if raw then
-      list = {}
-      for _, stage in ipairs(cjson.decode(raw)) do
-        list[#list + 1] = {stage.start_version, string.format('%d', stage.id)}
-      end
+for flag, raw in pairs(hmget(KEYS[3], flag_list)) do
+  local found = false
+  if raw then
+    found = {}
+    for _, stage in ipairs(cjson.decode(raw)) do
+      found[#found + 1] = {stage.start_version, string.format('%d', stage.id)}
     end
-    stages[flag] = list
   end
-  if not list then return nil end
-  for k = #list, 2, -1 do
-    if list[k][1] <= version then return list[k][2] end
+  stages[flag] = found
+end
+local function stage_of(flag, version)
+  local found = stages[flag]
+  if not found then return nil end
+  for k = #found, 2, -1 do
+    if found[k][1] <= version then return found[k][2] end
   end
-  return list[1][2]
+  return found[1][2]
 end
 
 local ids, names, new_names, last_id = {}, {}, {}, nil
@@ -138,12 +158,13 @@ local function is_alive(sid)
   return a
 end
 
+local stored = hmget(KEYS[4], user_list)
 local users = {}      -- user -> {entries, dirty}
 local function user_of(user)
   local u = users[user]
   if u == nil then
     u = {entries = {}, dirty = false}
-    local raw = redis.call('HGET', KEYS[4], user)
+    local raw = stored[user]
     if raw then
       for part in string.gmatch(raw, '[^;]+') do
         local f = {}
@@ -174,7 +195,7 @@ end
 local function arm_field(kind, pop, arm, event) return kind .. pop .. #arm .. ':' .. arm .. (event or '') end
 
 for _, ev in ipairs(events) do
-  if ev[1] then
+  if ev[1] == 0 then
     local sid = stage_of(ev[2], ev[5])
     if sid then
       local u = user_of(ev[6])
@@ -182,7 +203,8 @@ for _, ev in ipairs(events) do
       for _, e in ipairs(u.entries) do if e.sid == sid then entry = e; break end end
       local variant = ev[3]
       if entry == nil then
-        entry = {sid = sid, arm = id_of(variant), r = ev[4], m = false, at = ev[7], at_s = ev[8], evs = {}, evl = {}}
+        entry = {sid = sid, arm = id_of(variant), r = ev[4], m = false, at = ev[8], at_s = ev[7], evs = {},
+                 evl = {}}
         u.entries[#u.entries + 1] = entry
         u.dirty, alive[sid] = true, true
         add(counts, sid, arm_field('x', 'a', variant), 1)
@@ -194,8 +216,8 @@ for _, ev in ipairs(events) do
           add(counts, sid, arm_field('m', 'a', arm), 1)
           if entry.r then add(counts, sid, arm_field('m', 'r', arm), 1) end
         end
-        if ev[7] < entry.at then
-          entry.at, entry.at_s, u.dirty = ev[7], ev[8], true
+        if ev[8] < entry.at then
+          entry.at, entry.at_s, u.dirty = ev[8], ev[7], true
         end
       end
     end
@@ -214,13 +236,22 @@ for _, ev in ipairs(events) do
           add(counts, entry.sid, arm_field('u', 'a', arm, event), 1)
           if entry.r then add(counts, entry.sid, arm_field('u', 'r', arm, event), 1) end
         end
-        if value ~= nil then
+        if value then
           add(sums, entry.sid, arm_field('v', 'a', arm, event), value)
           if entry.r then add(sums, entry.sid, arm_field('v', 'r', arm, event), value) end
         end
       end
     end
   end
+end
+
+-- The shortest of 15, 16 or 17 significant digits that reads back as the same number.
+local function exact(x)
+  for _, digits in ipairs({'%.15g', '%.16g'}) do
+    local s = string.format(digits, x)
+    if tonumber(s) == x then return s end
+  end
+  return string.format('%.17g', x)
 end
 
 -- 3. Write.
@@ -266,8 +297,8 @@ end
 -- sum) to stop the script half-way.
 for key, fields in pairs(sums) do
   for field, delta in pairs(fields) do
-    local stored = tonumber(redis.call('HGET', key, field) or '0')
-    redis.call('HSET', key, field, string.format('%.17g', stored + delta))
+    local before = tonumber(redis.call('HGET', key, field) or '0')
+    redis.call('HSET', key, field, exact(before + delta))
   end
 end
 return 1

@@ -110,22 +110,22 @@ def test_a_batch_whose_script_fails_half_way_leaves_no_trace(
     # and a batch of 600 events whose 400th reaches Redis with a time Lua cannot read
     batch = [exposure(f"user-{i}", "on" if i % 2 else "off", at=T0 + i) for i in range(500)]
     conversions = [conversion(f"user-{i}", value=2.0, at=T0 + 600) for i in range(100)]
-    real = redis_events.batch_arguments
+    real = redis_events.batch_events
 
-    def corrupted(exposures: list[Exposure], conversions: list[Conversion]) -> list[Any]:
-        args = real(exposures, conversions)
-        args[399 * 7 + 6] = "not-a-time"
-        return args
+    def corrupted(exposures: list[Exposure], conversions: list[Conversion]) -> list[list[Any]]:
+        events = real(exposures, conversions)
+        events[399][6] = "not-a-time"  # the exposure's `at`
+        return events
 
-    monkeypatch.setattr(redis_events, "batch_arguments", corrupted)
+    monkeypatch.setattr(redis_events, "batch_events", corrupted)
 
     # When it is recorded, Redis refuses it
-    with pytest.raises(StoreUnavailable, match="bad exposure"):
+    with pytest.raises(StoreUnavailable, match="bad exposure, event 400"):
         store.record_events("production", "batch-0002", batch, conversions)
 
     # Then not one key changed: no counter, no user, no name, no batch id
     assert snapshot(raw, prefix) == before
-    monkeypatch.setattr(redis_events, "batch_arguments", real)
+    monkeypatch.setattr(redis_events, "batch_events", real)
     assert store.record_events("production", "batch-0002", batch, conversions) is True
     assert store.stage_counts("production", FLAG, 1)["on"]["all"] == population(
         251, checkout=(51, 101.0))
