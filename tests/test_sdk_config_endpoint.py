@@ -357,6 +357,16 @@ def case_servers(tmp_path_factory) -> Iterator[dict[tuple[str, str], LoadedCaseF
         dispose_app(app)
 
 
+_ENGINES: dict[int, Snapshot] = {}
+
+
+def engine_of(config: dict[str, Any]) -> Snapshot:
+    """The engine's snapshot of a case file's config (the cases of one file share the dict)."""
+    if id(config) not in _ENGINES:
+        _ENGINES[id(config)] = Snapshot.from_dict(config)
+    return _ENGINES[id(config)]
+
+
 def run_case(loaded: LoadedCaseFile, case: dict[str, Any], config: dict[str, Any]) -> str | None:
     """Evaluate one case through the server; None when it agrees with the case and the engine."""
     if case["flag"] in loaded.refused_flags:
@@ -374,7 +384,7 @@ def run_case(loaded: LoadedCaseFile, case: dict[str, Any], config: dict[str, Any
     served = {name: result[name] for name in case["expect"]}
     if served != case["expect"]:
         return f"expected {case['expect']}, the server gave {served}"
-    engine = dataclasses.asdict(Snapshot.from_dict(config).evaluate(case["flag"], case["user"], case["default"]))
+    engine = dataclasses.asdict(engine_of(config).evaluate(case["flag"], case["user"], case["default"]))
     if any(result[name] != engine[name] for name in COMPARED):
         return f"the engine gives {engine}, the server {result}"
     return None
