@@ -251,20 +251,22 @@ def test_a_batch_id_is_kept_at_least_the_retention(store: RedisStore, raw: redis
 
 
 def test_names_with_separators_and_unicode_are_counted_apart(store: RedisStore) -> None:
-    # Variants, events and users holding the characters the layout uses (: ; ,) and
-    # non-ASCII ones, whose byte length differs from their length in characters.
+    # Variants, events and users holding the characters the layout uses (: ; ,),
+    # NUL, and non-ASCII ones, whose byte length differs from their length in characters.
     store.create_flag("production", {"key": "odd", "variants": ["a", "a:1", "ä;b,c"], "enabled": True,
                                      "rollout": {"a": 3000, "a:1": 3000, "ä;b,c": 4000}}, actor="setup")
-    users = ["u;1", "u,2", "ü:3", "u 4"]
+    users = ["u;1", "u,2", "ü:3\x00", "😀 4"]
     assert store.record_events("production", "batch-0001", [
         exposure(users[0], "a", flag="odd"), exposure(users[1], "a:1", flag="odd"),
         exposure(users[2], "ä;b,c", flag="odd"), exposure(users[3], "ä;b,c", flag="odd", randomized=False),
         exposure(users[3], "a", flag="odd", at=T0 + 0.5),
-    ], [conversion(users[0], "1:a"), conversion(users[1], "a", value=2.0), conversion(users[2], "ü;ß,", value=0.5),
-        conversion(users[3], "ü;ß,", value=1.0), conversion(users[3], "ü;ß,", value=1.0)])
+    ], [conversion(users[0], "1:a\x00😀"), conversion(users[1], "a", value=2.0),
+        conversion(users[2], "ü;ß,", value=0.5), conversion(users[3], "ü;ß,", value=1.0),
+        conversion(users[3], "ü;ß,", value=1.0)])
 
+    odd = {"1:a\x00😀": (1, 0.0)}
     assert store.stage_counts("production", "odd", 1) == {
-        "a": {"all": population(1, **{"1:a": (1, 0.0)}), "randomized": population(1, **{"1:a": (1, 0.0)})},
+        "a": {"all": population(1, **odd), "randomized": population(1, **odd)},
         "a:1": {"all": population(1, a=(1, 2.0)), "randomized": population(1, a=(1, 2.0))},
         "ä;b,c": {"all": population(2, mixed=1, **{"ü;ß,": (2, 2.5)}),
                   "randomized": population(1, **{"ü;ß,": (1, 0.5)})},
