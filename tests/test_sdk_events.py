@@ -811,3 +811,36 @@ def test_a_batch_sent_again_after_a_timeout_is_counted_once(
     assert [a["duplicate"] for a in slow.answers] == [False, True]
     assert slow.answers[0]["batch_id"] == slow.answers[1]["batch_id"]
     assert_counted(server_counts(admin_http, admin), expected)
+
+
+# -- the benchmark runs ------------------------------------------------------------------------------
+
+
+def test_the_benchmark_runs_small_and_writes_only_its_section(tmp_path: Path) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_sdk_events.py"
+    spec = importlib.util.spec_from_file_location("bench_sdk_events", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_sdk_events"] = bench  # dataclasses look their module up here
+    try:
+        spec.loader.exec_module(bench)
+        report = bench.measure(n_users=100, repeats=2)
+    finally:
+        del sys.modules["bench_sdk_events"]
+
+    assert [row.name for row in report.rows] == [
+        "track()", "exposure, new", "exposure, repeat", "is_enabled, reporting (repeat)",
+        "is_enabled, events=False", "empty loop"]
+    for row in report.rows:
+        assert len(row.samples) == 2 and 0 < row.min_ns <= row.median_ns
+    # every track() and every new exposure of the run reached the receiver
+    assert report.stats["sent"] == 100 + 2 * (100 + 100) and report.stats["dropped"] == 0
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n<!-- other:start -->\nkeep me\n<!-- other:end -->\n")
+    section = bench.render_section(report, {**bench.machine_info(), "load": "0.0"})
+    bench.write_section(results, section)
+    bench.write_section(results, section)
+    text = results.read_text()
+    assert "keep me" in text and text.count(bench.START_MARKER) == 1 and text.count(bench.END_MARKER) == 1

@@ -72,6 +72,7 @@ DEFAULT_BATCH_SIZE = 500
 DEFAULT_FLUSH_INTERVAL = 5.0
 DEFAULT_DEDUPE_SIZE = 100_000
 CLOSE_TIMEOUT = 2.0
+FLUSH_TIMEOUT = 5.0
 MAX_BACKOFF = 60.0
 MAX_RETRY_AFTER = 600.0
 # The server's limits (flagserver/api/events.py): one event over them refuses the batch.
@@ -288,16 +289,12 @@ class EventProcessor:
                                              "at most %d characters); not recorded (logged once)", event, MAX_USER_KEY)
                 return
             if value is not None:
-                if type(value) is not float:
-                    if isinstance(value, bool) or not isinstance(value, (int, float)):
-                        raise TypeError
-                    value = float(value)  # OverflowError for ints beyond a float
-                if not math.isfinite(value):
-                    raise ValueError
+                value = _finite_number(value)
+                if value is None:
+                    self._log_once("track-value", "flagsdk: track(%r) value must be a finite number or None; "
+                                                  "not recorded (logged once)", event)
+                    return
             self._add((event, key, value, time.time()))
-        except (TypeError, ValueError, OverflowError):
-            self._log_once("track-value", "flagsdk: track(%r) value must be a finite number or None; "
-                                          "not recorded (logged once)", event)
         except Exception:
             self._log_once("track", "flagsdk: could not record a tracked event (logged once)", exc_info=True)
 
@@ -325,7 +322,7 @@ class EventProcessor:
             self._started = True
             self._spawn()
 
-    def flush(self, timeout: float | None = CLOSE_TIMEOUT) -> bool:
+    def flush(self, timeout: float | None = FLUSH_TIMEOUT) -> bool:
         """Send every event recorded so far now, and wait up to `timeout` seconds
         (None: as long as it takes) until each was delivered or given up on
         (see `stats()`). True when that happened in time; never raises."""
@@ -648,6 +645,18 @@ class EventProcessor:
             self._accepting = False
         elif self._started:
             self._spawn()
+
+
+def _finite_number(value: Any) -> float | None:
+    """`value` as a finite float; None for booleans, non-numbers, NaN, infinities and
+    integers beyond a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _user_key(user: Any) -> Any:
