@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
+import time
 from typing import Any
 
 import click
@@ -63,11 +65,41 @@ def main() -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn worker processes")
 @click.option("--threads", default=4, show_default=True, type=int, help="threads per worker")
-def serve(host: str, port: int, workers: int, threads: int) -> None:
-    """Run the server under gunicorn (the production server)."""
+@click.option("--controller/--no-controller", default=True, show_default=True,
+              help="also run the rollout controller (one acts at a time, whatever runs it)")
+def serve(host: str, port: int, workers: int, threads: int, controller: bool) -> None:
+    """Run the server under gunicorn (the production server), and the rollout controller."""
     from .serving import run_gunicorn
 
-    run_gunicorn(host=host, port=port, workers=workers, threads=threads)
+    run_gunicorn(host=host, port=port, workers=workers, threads=threads, with_controller=controller)
+
+
+@main.command("controller")
+@click.option("--poll", default=1.0, show_default=True, type=float, help="seconds between looks")
+@click.option("--parent-pid", default=None, type=int, hidden=True, help="stop when this process is gone")
+def controller_command(poll: float, parent_pid: int | None) -> None:
+    """Run the rollout controller on its own (it waits while another one holds the lease)."""
+    import signal
+    import threading
+    import time
+
+    from .rollout.controller import Controller
+
+    app = _app()
+    controller = Controller(_store(app), webhooks=app.extensions["flagserver.webhooks"])
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if parent_pid is not None:
+        def watch_parent() -> None:
+            while not stop.wait(1.0):
+                if os.getppid() != parent_pid:
+                    stop.set()
+        threading.Thread(target=watch_parent, name="flagserver.parent-watch", daemon=True).start()
+    click.echo(f"rollout controller {controller.holder}: looking every {poll:g}s", err=True)
+    try:
+        controller.run_forever(stop, time.time, poll)
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command()
@@ -156,3 +188,59 @@ def flags_kill(key: str, environment: str) -> None:
     store = _store(_app())
     record = _run(lambda: change_flag(store, environment, key, {"enabled": False}, actor=_cli_actor()))
     click.echo(f"{key} in {environment}: killed (version {record['version']})")
+
+
+@main.group()
+def rollout() -> None:
+    """Automatic rollouts: start, status, approve, pause, resume, rollback, abort."""
+
+
+def _rollout_action(action: str, key: str, environment: str) -> None:
+    from .rollout.actions import act
+    from .rollout.controller import RolloutService
+
+    app = _app()
+    service = RolloutService(_store(app), app.extensions["flagserver.webhooks"])
+    result = _run(lambda: act(service, environment, key, action, actor=_cli_actor(), now=time.time()))
+    stage = result.plan_state.stage_index if result.plan_state is not None else None
+    where = f" at {result.config.stages[stage].percentage:g}%" if stage is not None else ""
+    click.echo(f"{key} in {environment}: {result.status.replace('_', ' ')}{where}")
+    if app.extensions["flagserver.webhooks"] is not None:
+        app.extensions["flagserver.webhooks"].close()
+
+
+for _action, _help in (("start", "Start the flag's rollout plan at its first stage."),
+                       ("approve", "Approve the promotion the rollout is waiting for."),
+                       ("pause", "Pause the rollout where it stands."),
+                       ("resume", "Resume a paused rollout."),
+                       ("rollback", "Roll the flag back now (to 0, or the previous stage if the plan says so)."),
+                       ("abort", "Stop the rollout and leave the flag where it is.")):
+    def _make(action: str) -> Any:
+        @click.argument("key")
+        @click.option("--env", "environment", default="production", show_default=True)
+        def command(key: str, environment: str) -> None:
+            _rollout_action(action, key, environment)
+        return command
+    rollout.command(_action, help=_help)(_make(_action))
+
+
+@rollout.command("status")
+@click.argument("key")
+@click.option("--env", "environment", default="production", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def rollout_status(key: str, environment: str, as_json: bool) -> None:
+    """Where the rollout stands, and its latest decisions."""
+    from .rollout.actions import describe
+    from .rollout.controller import RolloutService
+
+    service = RolloutService(_store(_app()))
+    rollout_view = _run(lambda: describe(service, service.load(environment, key), decisions_limit=10))
+    if as_json:
+        click.echo(json.dumps(rollout_view, indent=2))
+        return
+    index = rollout_view["stage_index"]
+    ladder = " -> ".join(f"[{p:g}%]" if i == index else f"{p:g}%" for i, p in enumerate(rollout_view["stages"]))
+    click.echo(f"{key} in {environment}: {rollout_view['status'].replace('_', ' ')}   {ladder}")
+    for decision in rollout_view["decisions"]:
+        stamp = time.strftime("%H:%M:%S", time.localtime(decision["at"]))
+        click.echo(f"  {stamp}  {decision['reason']}")

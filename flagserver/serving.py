@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -22,9 +25,26 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return create_app()
 
 
-def run_gunicorn(*, host: str, port: int, workers: int, threads: int) -> None:
+def run_gunicorn(*, host: str, port: int, workers: int, threads: int, with_controller: bool = True) -> None:
     """Serve `create_app()` with gunicorn's threaded workers; each worker builds its own app
-    (no preload), so each has its own storage connections."""
+    (no preload), so each has its own storage connections. With `with_controller`, the
+    rollout controller runs beside them in a process of its own, stopped with gunicorn."""
+    controller = None
+    if with_controller:
+        controller = subprocess.Popen([sys.executable, "-m", "flagserver", "controller",
+                                       "--parent-pid", str(os.getpid())])
+    try:
+        _serve(host, port, workers, threads)
+    finally:
+        if controller is not None:
+            controller.terminate()
+            try:
+                controller.wait(10)
+            except subprocess.TimeoutExpired:
+                controller.kill()
+
+
+def _serve(host: str, port: int, workers: int, threads: int) -> None:
     _Gunicorn({
         "bind": f"{host}:{port}",
         "workers": workers,

@@ -1,0 +1,5 @@
+"""`python -m flagserver` is the `flagserver` command."""
+
+from .cli import main
+
+main()
