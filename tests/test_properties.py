@@ -230,7 +230,7 @@ def check_result(result: Any, flag: str, default: Any, config: dict[str, Any]) -
         assert result.randomized == (result.reason == "SPLIT")
 
 
-@settings(PROPERTY, max_examples=250)
+@settings(PROPERTY, max_examples=200)
 @given(target=st.sampled_from(FLAGS), user=users, default=defaults)
 def test_evaluation_never_raises_for_any_user(
     loaded: dict[str, tuple[Snapshot, FlagClient]], target: tuple[str, str], user: Any, default: Any
