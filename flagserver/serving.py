@@ -17,7 +17,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
     def load_config(self) -> None:
         for key, value in self._options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # settings newer than the installed gunicorn are skipped
+                self.cfg.set(key, value)
 
     def load(self) -> Any:
         from . import create_app
@@ -56,4 +57,6 @@ def _serve(host: str, port: int, workers: int, threads: int) -> None:
         "accesslog": None,
         "errorlog": "-",
         "loglevel": "info",
+        # Several servers on one machine would share one control socket path; nothing here uses it.
+        "control_socket_disable": True,
     }).run()
