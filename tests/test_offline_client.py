@@ -250,8 +250,8 @@ _LONE_SURROGATE_IN_CHILD = textwrap.dedent(
     if where == "bucket":
         try:
             print(json.dumps(bucket("salt", bad)))
-        except ValueError as exc:
-            print(json.dumps(type(exc).__name__))
+        except ValueError:  # UnicodeEncodeError included: refusing such a value is fine
+            print(json.dumps("ValueError"))
     else:
         user = {"key": bad} if where != "by-org" else {"key": "u", "org": bad}
         result = client.evaluate(where, user, "fallback")
@@ -273,7 +273,7 @@ def test_a_lone_surrogate_in_a_bucketed_value_does_not_crash_the_process(where: 
     assert done.returncode == 0, f"the process died (return code {done.returncode}): {done.stderr[-300:]}"
     answer = json.loads(done.stdout)
     if where == "bucket":
-        assert answer == "UnicodeEncodeError" or isinstance(answer, int)
+        assert answer == "ValueError" or (isinstance(answer, int) and 0 <= answer < 10_000)
     else:
         enabled, reason, code = answer
         assert isinstance(enabled, bool)
