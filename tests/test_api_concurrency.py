@@ -138,3 +138,54 @@ def test_writers_of_different_fields_without_if_match_all_land(http, admin):
         for name, value in change.items():
             assert final[name] == value, name  # a lost update would have put back the old value
     assert final["version"] == 1 + len(changes)
+
+
+@pytest.mark.parametrize("what", ["flag", "environment"])
+def test_creators_of_the_same_key_one_gets_201_the_others_409(app, http, admin, what):
+    session, url = http
+    collection = f"{url}{FLAG}" if what == "flag" else f"{url}/api/v1/envs"
+
+    for round_ in range(5):
+        key = f"{what}-{round_}"
+        responses = race(url, admin, [lambda s, k=key: s.post(collection, json={"key": k}, timeout=TIMEOUT)] * 4)
+
+        assert sorted(r.status_code for r in responses) == [201, 409, 409, 409], [r.text for r in responses]
+        created = [e for e in audit_entries(app, target_key=key) if e["action"] == "create"]
+        assert len(created) == 1
+
+
+def test_a_segment_deleted_while_a_flag_starts_using_it_never_leaves_a_dangling_rule(http, admin):
+    session, url = http
+
+    for round_ in range(5):
+        segment, flag = f"seg-{round_}", f"uses-{round_}"
+        session.post(f"{url}{SEGMENT}", json={"key": segment, "included": ["u1"]}, timeout=TIMEOUT).raise_for_status()
+
+        create, delete = race(url, admin, [
+            lambda s: s.post(f"{url}{FLAG}", timeout=TIMEOUT, json={
+                "key": flag, "rules": [{"id": "r", "segments": [segment], "serve": "on"}]}),
+            lambda s: s.delete(f"{url}{SEGMENT}/{segment}", timeout=TIMEOUT)])
+
+        # Either the delete went first (the flag is refused) or the flag did (the delete is refused).
+        assert (create.status_code, delete.status_code) in {(422, 204), (201, 409)}, (create.text, delete.text)
+        exists = session.get(f"{url}{SEGMENT}/{segment}", timeout=TIMEOUT).status_code == 200
+        assert exists == (create.status_code == 201)
+        config = session.get(f"{url}/api/v1/envs/production/config", timeout=TIMEOUT).json()
+        for wire in config["flags"].values():
+            for rule in wire["rules"]:
+                assert set(rule.get("segments", [])) <= set(config["segments"])
+
+
+def test_an_environment_created_while_a_flag_is_created_receives_the_flag(http, admin):
+    session, url = http
+
+    for round_ in range(5):
+        env, flag = f"qa-{round_}", f"new-{round_}"
+        responses = race(url, admin, [
+            lambda s: s.post(f"{url}/api/v1/envs", json={"key": env}, timeout=TIMEOUT),
+            lambda s: s.post(f"{url}{FLAG}", json={"key": flag}, timeout=TIMEOUT)])
+
+        assert [r.status_code for r in responses] == [201, 201]
+        in_new_env = session.get(f"{url}/api/v1/envs/{env}/flags/{flag}", timeout=TIMEOUT)
+        assert in_new_env.status_code == 200
+        assert in_new_env.json()["enabled"] is False
