@@ -65,6 +65,18 @@ def test_if_none_match_with_the_current_etag_gives_304_without_a_body(client, ad
     assert other.status_code == 200 and other.get_json()["flags"].keys() == {"f"}
 
 
+def test_if_none_match_compares_weakly_as_rfc_9110_says(client, admin, sdk):
+    """A proxy that compresses (nginx's gzip) turns the strong tag into `W/"..."`, and the
+    SDK sends back what it got; If-None-Match must still match it (weak comparison),
+    or every poll downloads the whole document again."""
+    create_flag(client, admin, key="f")
+    etag = fetch(client, sdk).headers["ETag"]
+
+    response = fetch(client, sdk, f"W/{etag}")
+
+    assert response.status_code == 304
+
+
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("change", [
     "create flag", "patch flag", "kill flag", "delete flag", "create flag elsewhere",
