@@ -47,6 +47,14 @@ ENDPOINTS: list[tuple[str, str, str, Any, str, int]] = [
     ("PATCH", "/api/v1/envs/<env>/flags/<key>", "/api/v1/envs/production/flags/f", {"rollout": 5}, ADMIN, 200),
     ("DELETE", "/api/v1/envs/<env>/flags/<key>", "/api/v1/envs/production/flags/f", None, ADMIN, 204),
     ("GET", "/api/v1/envs/<env>/flags/<key>/stats", "/api/v1/envs/production/flags/f/stats", None, ADMIN, 200),
+    ("GET", "/api/v1/envs/<env>/rollouts", "/api/v1/envs/production/rollouts", None, ADMIN, 200),
+    ("GET", "/api/v1/envs/<env>/flags/<key>/rollout-plan", "/api/v1/envs/production/flags/f/rollout-plan", None,
+     ADMIN, 200),
+    ("PUT", "/api/v1/envs/<env>/flags/<key>/rollout-plan", "/api/v1/envs/production/flags/f/rollout-plan",
+     {"guardrails": [{"event": "checkout", "kind": "conversion"}, {"event": "errors", "kind": "error"}]},
+     ADMIN, 200),
+    ("POST", "/api/v1/envs/<env>/flags/<key>/rollout-plan/<action>",
+     "/api/v1/envs/production/flags/f/rollout-plan/start", None, ADMIN, 200),
     ("GET", "/api/v1/envs/<env>/segments", "/api/v1/envs/production/segments", None, ADMIN, 200),
     ("POST", "/api/v1/envs/<env>/segments", "/api/v1/envs/production/segments", {"key": "seg2"}, ADMIN, 201),
     ("GET", "/api/v1/envs/<env>/segments/<key>", "/api/v1/envs/production/segments/seg", None, ADMIN, 200),
@@ -67,13 +75,17 @@ CALLERS = ["no-token", "malformed-header", "wrong-secret", "revoked", "admin", "
 
 
 def build_world(app) -> dict[str, Any]:
-    """Flag f, segment seg (unused), a token to delete, and the headers of each kind of caller."""
+    """Flag f with a draft rollout plan, segment seg (unused), a token to delete, and the
+    headers of each kind of caller."""
     store = app.extensions["flagserver.store"]
     client = app.test_client()
     admin_token = create_token(store, "admin", "test-admin", None, "test")["token"]
     admin = {"Authorization": f"Bearer {admin_token}"}
     create_segment(client, admin, key="seg", included=["u1"])
     create_flag(client, admin, key="f", enabled=True, rollout=50)
+    plan = client.put("/api/v1/envs/production/flags/f/rollout-plan", headers=admin,
+                      json={"guardrails": [{"event": "checkout", "kind": "conversion"}]})
+    assert plan.status_code == 201, plan.get_data(as_text=True)
     victim = create_token(store, "admin", "victim", None, "test")
     revoked = client.post("/api/v1/tokens", json={"kind": "admin", "name": "leaver"}, headers=admin).get_json()
     revoked_headers = {"Authorization": f"Bearer {revoked['token']}"}

@@ -8,8 +8,8 @@ Never a 500: a request a client can send is answered with a 4xx.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest

@@ -71,8 +71,8 @@ def test_two_writers_with_the_same_if_match_one_wins_one_gets_412(app, http, adm
         values = [10 + round_, 60 + round_]
 
         responses = race(url, admin, [
-            lambda s, v=v: getattr(s, method)(f"{url}{base}/contested", json={field: v},
-                                              headers={"If-Match": f'"{version}"'}, timeout=TIMEOUT)
+            lambda s, v=v, version=version: getattr(s, method)(
+                f"{url}{base}/contested", json={field: v}, headers={"If-Match": f'"{version}"'}, timeout=TIMEOUT)
             for v in values])
 
         statuses = [r.status_code for r in responses]
@@ -162,9 +162,9 @@ def test_a_segment_deleted_while_a_flag_starts_using_it_never_leaves_a_dangling_
         session.post(f"{url}{SEGMENT}", json={"key": segment, "included": ["u1"]}, timeout=TIMEOUT).raise_for_status()
 
         create, delete = race(url, admin, [
-            lambda s: s.post(f"{url}{FLAG}", timeout=TIMEOUT, json={
+            lambda s, flag=flag, segment=segment: s.post(f"{url}{FLAG}", timeout=TIMEOUT, json={
                 "key": flag, "rules": [{"id": "r", "segments": [segment], "serve": "on"}]}),
-            lambda s: s.delete(f"{url}{SEGMENT}/{segment}", timeout=TIMEOUT)])
+            lambda s, segment=segment: s.delete(f"{url}{SEGMENT}/{segment}", timeout=TIMEOUT)])
 
         # Either the delete went first (the flag is refused) or the flag did (the delete is refused).
         assert (create.status_code, delete.status_code) in {(422, 204), (201, 409)}, (create.text, delete.text)
@@ -182,8 +182,8 @@ def test_an_environment_created_while_a_flag_is_created_receives_the_flag(http, 
     for round_ in range(5):
         env, flag = f"qa-{round_}", f"new-{round_}"
         responses = race(url, admin, [
-            lambda s: s.post(f"{url}/api/v1/envs", json={"key": env}, timeout=TIMEOUT),
-            lambda s: s.post(f"{url}{FLAG}", json={"key": flag}, timeout=TIMEOUT)])
+            lambda s, env=env: s.post(f"{url}/api/v1/envs", json={"key": env}, timeout=TIMEOUT),
+            lambda s, flag=flag: s.post(f"{url}{FLAG}", json={"key": flag}, timeout=TIMEOUT)])
 
         assert [r.status_code for r in responses] == [201, 201]
         in_new_env = session.get(f"{url}/api/v1/envs/{env}/flags/{flag}", timeout=TIMEOUT)
