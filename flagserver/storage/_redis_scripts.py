@@ -258,7 +258,7 @@ local function exact(x)
 end
 
 -- 3. Write.
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2])
 if #new_names > 0 then
   local args = {}
   for _, name in ipairs(new_names) do

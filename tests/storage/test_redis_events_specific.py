@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from flagserver.storage.redis_store import RedisStore
 from flagserver.storage.rollouts import RolloutStore
 from tests.conftest import REDIS_URL, clear_redis_prefix, require_redis
 
-from .test_redis_specific import Recorder
+from .test_redis_specific import Recorder, RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -398,6 +399,36 @@ def test_every_new_method_raises_store_unavailable_while_redis_is_down() -> None
             pytest.fail(f"{name} did not raise StoreUnavailable")
     finally:
         store.close()
+
+
+def test_after_a_restart_the_scripts_are_loaded_again_and_nothing_counted_was_lost(tmp_path: Path) -> None:
+    # A restarted Redis has forgotten every script: EVALSHA answers NOSCRIPT, and
+    # the store must load the script again rather than fail.
+    server = RedisServer(tmp_path).start()
+    store = RedisStore.from_url(server.url, prefix="restart:")
+    try:
+        store.initialize()
+        store.create_environment("production", "Production", actor="a")
+        store.create_flag("production", {"key": FLAG, "enabled": True, "rollout": 50}, actor="a")
+        store.put_rollout("production", FLAG, {"stages": []}, {}, expected_version=None, actor="a", action="start")
+        assert store.record_events("production", "batch-0001", [exposure("u1")], []) is True
+        assert store.acquire_lease("controller", "a", 30) is True
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            store.record_events("production", "batch-0002", [exposure("u2")], [])
+        server.start()
+
+        assert store.record_events("production", "batch-0002", [exposure("u2", "off")], [conversion("u1")]) is True
+        assert store.record_events("production", "batch-0001", [exposure("u3")], []) is False  # still remembered
+        store.record_decision("production", FLAG, {"action": "hold"}, replace_last=True)
+        assert store.acquire_lease("controller", "b", 30) is False  # a's lease survived the restart
+        assert store.stage_counts("production", FLAG, 1) == {
+            "on": {"all": population(1, checkout=(1, 0.0)), "randomized": population(1, checkout=(1, 0.0))},
+            "off": {"all": population(1), "randomized": population(1)},
+        }
+    finally:
+        store.close()
+        server.stop()
 
 
 def test_not_found_is_not_confused_with_unavailable(store: RedisStore) -> None:
