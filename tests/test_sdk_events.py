@@ -269,6 +269,8 @@ def test_errors_are_not_exposures(receiver: Receiver, make_client: Callable[...,
     assert client.variant("no-such-flag", {"key": "u"}, default="x") == "x"
     assert client.evaluate("new-checkout", {"name": "no key"}).reason == "ERROR"
     assert client.is_enabled("new-checkout", "not a user") is False
+    client.is_enabled("killed", {"name": "no key"})  # served (a disabled flag needs no key), not reportable
+    client.is_enabled("new-checkout", {"key": "k" * 513})  # served, but longer than the server accepts
     # ... and one that works
     client.is_enabled("new-checkout", {"key": "u"})
     assert client.flush(timeout=5)

@@ -429,8 +429,10 @@ class EventProcessor:
                     waiting = len(self._buffer)
                     due = waiting >= self._batch_size or (waiting > 0 and (
                         interval_due or closing or self._popped < self._flush_until))
-                if not due or not self._take():
+                if not due:
                     return 0.0
+                if not self._take():  # nothing in it could be sent (counted): look again
+                    continue
             elif now < retry_at:
                 return retry_at
             retry_in = self._deliver(http)
