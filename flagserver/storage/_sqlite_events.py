@@ -86,10 +86,12 @@ class _BatchCount:
         self._conn = conn
         self._env = env
         self._stages: dict[str, tuple[list[int], list[int]]] = {}  # flag -> (start versions, stage ids)
+        self._resolved: dict[tuple[str, int], int | None] = {}  # (flag, version) -> stage id
         self._seen: dict[str, dict[int, _Seen]] = {}  # user -> stage id -> row
         self._converted: set[tuple[int, str, str]] = set()  # (stage id, user, event) known to have converted
         self._new_conversions: list[tuple[int, str, str]] = []
         self._arm_deltas: defaultdict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0])
+        self._newly_exposed: defaultdict[tuple[int, str, bool], int] = defaultdict(int)  # (stage, arm, randomized)
         self._event_deltas: defaultdict[tuple[int, str, str, str], list[float]] = defaultdict(lambda: [0, 0.0])
 
     def count(self, exposures: Sequence[Exposure], conversions: Sequence[Conversion]) -> None:
@@ -139,15 +141,22 @@ class _BatchCount:
     # applying, in time order
 
     def _expose(self, exposure: Exposure) -> None:
-        stage_id = self._stage_of(exposure.flag, exposure.flag_version)
+        # The hot loop of ingestion: one dict lookup per step where it can.
+        version_key = (exposure.flag, exposure.flag_version)
+        if version_key in self._resolved:
+            stage_id = self._resolved[version_key]
+        else:
+            stage_id = self._resolved[version_key] = self._stage_of(*version_key)
         if stage_id is None:
             return
-        rows = self._seen.setdefault(exposure.user, {})
+        rows = self._seen.get(exposure.user)
+        if rows is None:
+            rows = self._seen[exposure.user] = {}
         row = rows.get(stage_id)
         if row is None:
-            row = rows[stage_id] = _Seen(exposure.variant, exposure.comparable, False, exposure.at, stored=False)
-            for population in _populations(row.randomized):
-                self._arm_deltas[stage_id, row.arm, population][0] += 1
+            randomized = exposure.comparable
+            rows[stage_id] = _Seen(exposure.variant, randomized, False, exposure.at, stored=False)
+            self._newly_exposed[stage_id, exposure.variant, randomized] += 1
             return
         changed = False
         if exposure.variant != row.arm and not row.mixed:
@@ -183,6 +192,9 @@ class _BatchCount:
     # writing
 
     def _write(self) -> None:
+        for (stage_id, arm, randomized), n in self._newly_exposed.items():
+            for population in _populations(randomized):
+                self._arm_deltas[stage_id, arm, population][0] += n
         new_rows = []
         changed_rows = []
         for user, rows in self._seen.items():
