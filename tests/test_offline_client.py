@@ -435,7 +435,7 @@ def test_testdata_variants_and_serve(data: TestData) -> None:
 
 
 def test_testdata_for_users_targets_only_them(data: TestData) -> None:
-    data.flag("beta").off().for_users("on", "user-1", "user-2")
+    data.flag("beta").percentage(0).for_users("on", "user-1", "user-2")
     made = data.client()
     assert [made.is_enabled("beta", {"key": k}) for k in ("user-1", "user-2", "user-3")] == [True, True, False]
     assert made.evaluate("beta", {"key": "user-1"}).reason == "TARGETING_MATCH"

@@ -128,14 +128,14 @@ def test_parse_timestamp_of_a_huge_integer_is_none_not_an_overflow() -> None:
 @pytest.mark.parametrize(
     "pattern",
     [
-        r"^[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}$",
+        r"^[a-z0-9._%+-]+@[a-z0-9-]+\.(?:org|com)$",
         r".*foo.*",
         r"^v[0-9]+$",
         r"\d{3}-\d{4}",
         r"^(?:foo|bar)$",
         r"(ab)+",
         r"a{2,5}",
-        r"a*b*c*",
+        r"a*b*",
         r"(?i)^beta-",
         "a" * 256,
     ],
@@ -157,7 +157,11 @@ def test_check_pattern_accepts_ordinary_patterns(pattern: str) -> None:
         r"(x)\1",  # back-references
         r"(?P<n>x)(?P=n)",
         r"(x)?(?(1)a|b)",
-        r"a*b*c*d*",  # more than three unbounded repeats
+        r"a*b*c*d*",  # more than two unbounded repeats
+        r"a*b*c*",
+        r".*-.*-.*-beta",
+        r"^[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}$",
+        r"a{1,1000}a{1,1000}a{1,1000}c",  # wide bounded repeats backtrack like unbounded ones
         "a" * 257,  # too long
         "(",  # not a regex
         "[a-",
@@ -168,11 +172,10 @@ def test_check_pattern_refuses_dangerous_or_broken_patterns(pattern: str) -> Non
         check_pattern(pattern)
 
 
-# Patterns the guard accepts (at most three unbounded repeats, no nesting, no
-# alternation), each with an input of at most 1,024 characters on which Python's
-# backtracking `re.search` is polynomial of high degree. Measured when written: each
-# takes more than 20 s (r"\s*\s*\s*$" already takes 15 s on 512 characters, and
-# r"\s*\s*$" 1.3 s on 1,024). A guarded regex must take milliseconds.
+# Patterns that once passed the guard (three unbounded repeats, no nesting, no
+# alternation), each with an input on which Python's backtracking `re.search` is
+# polynomial of high degree. Measured when written: each took more than 20 s on 1,024
+# characters (r"\s*\s*\s*$" 2.6 s on 256). They must be refused, or take milliseconds.
 SLOW_ACCEPTED = [
     (r"\s*\s*\s*$", " " * 1023 + "x"),
     (r".*-.*-.*-beta", "-" * 1024),

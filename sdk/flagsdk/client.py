@@ -127,17 +127,15 @@ class FlagClient:
     def is_enabled(self, flag_key: str, user: Any, default: bool = False) -> bool:
         """True when `user` gets any variant but the flag's first (`off`).
         Never raises: on any failure returns `default`."""
-        evaluator = self._snapshot.evaluators.get(flag_key)
-        if evaluator is not None:
-            try:
-                result = evaluator(user)
-            except Exception:
-                pass
-            else:
-                events = self._events
-                if events is not None:
-                    events.expose(result, user)
-                return result.enabled
+        try:
+            result = self._snapshot.evaluators[flag_key](user)
+        except Exception:  # no such flag, a bad user, a bad key: the slow path says which, once
+            pass
+        else:
+            events = self._events
+            if events is not None:
+                events.expose(result, user)
+            return result.enabled
         result = self.evaluate(flag_key, user)
         return result.enabled if result.reason != ERROR else default
 
@@ -147,7 +145,7 @@ class FlagClient:
 
     def evaluate(self, flag_key: str, user: Any, default: str | None = None) -> Evaluation:
         """The full result (variant, reason, rule id, ...). Never raises."""
-        evaluator = self._snapshot.evaluators.get(flag_key)
+        evaluator = self._snapshot.evaluators.get(flag_key) if type(flag_key) is str else None
         if evaluator is None:
             return self._error(flag_key, default, FLAG_NOT_FOUND, f"no flag {flag_key!r}")
         try:
@@ -171,7 +169,8 @@ class FlagClient:
         except TypeError:  # an unhashable default
             return error_result(flag_key, default, code, message)
         if result is None:
-            result = error_result(flag_key, default, code, message)
+            flag = self._snapshot.config.flags.get(flag_key)
+            result = error_result(flag_key, default, code, message, flag.version if flag is not None else None)
             if len(self._errors) >= 1024:
                 self._errors.clear()
             self._errors[cache_key] = result
@@ -189,6 +188,9 @@ class FlagClient:
             snapshot = Snapshot.from_dict(document)
         except ConfigError as exc:
             log.error("flagsdk: refused a config from %s, keeping the previous one: %s", source, exc)
+            return False
+        except Exception:  # a bug must not cost the application its flags
+            log.exception("flagsdk: could not load a config from %s, keeping the previous one", source)
             return False
         for key, problem in snapshot.config.invalid_flags.items():
             log.warning("flagsdk: skipped malformed flag %r: %s", key, problem)

@@ -5,7 +5,7 @@
     data = TestData()
     data.flag("new-checkout").on()                    # everyone gets "on"
     data.flag("layout").variants("control", "blue").serve("blue")
-    data.flag("beta").off().for_users("on", "user-1")  # only user-1
+    data.flag("beta").percentage(0).for_users("on", "user-1")  # only user-1
     client = data.client()                            # an offline FlagClient
     data.flag("new-checkout").off()                   # clients see it at once
 
@@ -48,14 +48,13 @@ class FlagBuilder:
         return self._changed()
 
     def off(self) -> FlagBuilder:
-        """Everyone gets the first variant (the kill switch)."""
-        self._enabled, self._rollout = True, 0
+        """The kill switch: everyone gets the first variant, reason DISABLED."""
+        self._enabled = False
         return self._changed()
 
     def disabled(self) -> FlagBuilder:
-        """The flag is switched off: reason DISABLED."""
-        self._enabled = False
-        return self._changed()
+        """The same as `off()`."""
+        return self.off()
 
     def serve(self, variant: str) -> FlagBuilder:
         """Everyone gets `variant`."""

@@ -15,7 +15,11 @@ def bucket(salt: str, value: str) -> int:
     `(h % 100) * 100 + (h // 100) % 100`. At whole percentages this admits the
     same users as Unleash (`h % 100 + 1 <= p`); the second term gives 0.01% steps.
     """
-    h = mmh3.hash(f"{salt}:{value}", 0, False)
+    text = f"{salt}:{value}"
+    if not text.isascii():
+        # mmh3 hashes a str as its UTF-8; a lone surrogate has none (and crashes mmh3 5.3).
+        text = text.encode("utf-8", "surrogatepass")  # type: ignore[assignment]
+    h = mmh3.hash(text, 0, False)
     return (h % 100) * 100 + (h // 100) % 100
 
 

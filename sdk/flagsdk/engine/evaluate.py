@@ -16,7 +16,7 @@ from typing import Any
 import mmh3
 
 from .bucketing import threshold
-from .model import Config, Flag, Rollout, Rule, Segment
+from .model import Config, Flag, Rollout, Rule, Segment, is_text
 from .operators import ConditionError, InvalidContext, compile_condition
 
 log = logging.getLogger(__name__)
@@ -103,10 +103,12 @@ def _all_of(matchers: tuple[Matcher, ...]) -> Matcher | None:
 
 
 def _bucket_value(user: Mapping[str, Any], bucket_by: str) -> str | None:
+    """The user's `bucket_by` attribute as text; None (never bucketed) when missing,
+    not a string or an int, or not encodable text."""
     value = user.get(bucket_by)
     if type(value) is str:
-        return value or None
-    if type(value) is int:
+        return value if value and is_text(value) else None
+    if type(value) is int and -(10**18) < value < 10**18:
         return str(value)
     return None
 
@@ -268,10 +270,10 @@ class _FlagCompiler:
             if type(user) is not dict:
                 user = as_user_mapping(user)
             key = user.get("key")
-            if type(key) is not str or not key:
+            if type(key) is not str or not key or not (key.isascii() or is_text(key)):
                 if key is None or key == "":
                     raise EvaluationError(TARGETING_KEY_MISSING, "user has no 'key'")
-                raise EvaluationError(INVALID_CONTEXT, "user 'key' must be a string")
+                raise EvaluationError(INVALID_CONTEXT, "user 'key' must be a string of text")
             for matches, served, split in rules:
                 if matches(user, key):
                     return served if served is not None else split(user, key)
@@ -326,7 +328,7 @@ class Snapshot:
     def evaluate(self, flag_key: str, user: Any, default: str | None = None) -> Evaluation:
         """Evaluate `flag_key` for `user`. Never raises: failures give `default`
         with reason `ERROR` and an error code."""
-        evaluator = self.evaluators.get(flag_key)
+        evaluator = self.evaluators.get(flag_key) if type(flag_key) is str else None
         if evaluator is None:
             return error_result(flag_key, default, FLAG_NOT_FOUND, f"no flag {flag_key!r}")
         try:

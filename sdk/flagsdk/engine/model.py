@@ -43,9 +43,21 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_text(value: str) -> bool:
+    """Whether `value` is text UTF-8 can encode (JSON can smuggle in lone surrogates,
+    which the hash function must never see)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _require_str(data: Mapping[str, Any], name: str, default: str | None = None) -> str:
     value = data.get(name, default)
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or not is_text(value):
         raise ModelError(name, "must be a non-empty string")
     return value
 
@@ -233,7 +245,7 @@ class Flag:
             raise ModelError("variants", "must be a list of at least two distinct non-empty strings")
         variants_t = tuple(variants)
         hash_version = data.get("hash_version", 1)
-        if hash_version not in SUPPORTED_HASH_VERSIONS or isinstance(hash_version, bool):
+        if type(hash_version) is not int or hash_version not in SUPPORTED_HASH_VERSIONS:
             raise ModelError("hash_version", f"must be one of {sorted(SUPPORTED_HASH_VERSIONS)}")
         version = data.get("version", 0)
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:
@@ -367,16 +379,20 @@ class Config:
         invalid_segments: dict[str, str] = {}
         for key, raw in segments_raw.items():
             try:
+                if not isinstance(key, str) or not key or not is_text(key):
+                    raise ModelError("key", "must be a non-empty string")
                 segments[key] = Segment.from_dict(key, raw)
-            except ModelError as exc:
-                invalid_segments[key] = str(exc)
+            except Exception as exc:  # one bad segment must not cost the others
+                invalid_segments[str(key)] = str(exc)
         flags: dict[str, Flag] = {}
         invalid_flags: dict[str, str] = {}
         for key, raw in flags_raw.items():
             try:
+                if not isinstance(key, str) or not key or not is_text(key):
+                    raise ModelError("key", "must be a non-empty string")
                 flags[key] = Flag.from_dict(key, raw)
-            except ModelError as exc:
-                invalid_flags[key] = str(exc)
+            except Exception as exc:  # one bad flag must not cost the others
+                invalid_flags[str(key)] = str(exc)
         return cls(
             environment=environment,
             version=version,

@@ -27,8 +27,10 @@ except ImportError:  # pragma: no cover - Python 3.10
     import sre_parse as _sre_parse  # type: ignore[no-redef]
 
 MAX_PATTERN_LENGTH = 256
-MAX_MATCH_INPUT_LENGTH = 1024
-MAX_UNBOUNDED_REPEATS = 3
+MAX_MATCH_INPUT_LENGTH = 256
+MAX_UNBOUNDED_REPEATS = 2
+# A bounded repeat this wide backtracks like an unbounded one.
+WIDE_REPEAT = 16
 
 Predicate = Callable[[Any], bool]
 UserMatcher = Callable[[Mapping[str, Any], str], bool]
@@ -128,8 +130,9 @@ def check_pattern(pattern: str) -> None:
 
     Python's `re` has no time limit, so the shapes of catastrophic backtracking
     are refused at load: back-references, a variable repeat inside a repeat,
-    alternation inside an unbounded repeat, and more than three unbounded repeats.
-    Inputs are bounded too (`MAX_MATCH_INPUT_LENGTH`).
+    alternation inside an unbounded repeat, and more than two unbounded (or wide,
+    `{0,100}`) repeats, whose backtracking grows with the input's length to the power
+    of their number. Inputs are bounded too (`MAX_MATCH_INPUT_LENGTH`).
     """
     if len(pattern) > MAX_PATTERN_LENGTH:
         raise ConditionError("values", f"a pattern may have at most {MAX_PATTERN_LENGTH} characters")
@@ -151,7 +154,7 @@ def check_pattern(pattern: str) -> None:
                 raise ConditionError("values", "back-references are not allowed in patterns")
             if op in repeats:
                 low, high, body = arg
-                is_unbounded = high == _sre_constants.MAXREPEAT
+                is_unbounded = high == _sre_constants.MAXREPEAT or high - low > WIDE_REPEAT
                 variable = low != high
                 if variable and inside_repeat:
                     raise ConditionError("values", "nested repeats are not allowed in patterns")
@@ -171,7 +174,8 @@ def check_pattern(pattern: str) -> None:
                 walk(arg, inside_repeat, inside_unbounded)
     walk(parsed, False, False)
     if unbounded > MAX_UNBOUNDED_REPEATS:
-        raise ConditionError("values", f"a pattern may have at most {MAX_UNBOUNDED_REPEATS} unbounded repeats")
+        raise ConditionError("values", f"a pattern may have at most {MAX_UNBOUNDED_REPEATS} unbounded repeats "
+                                       "(such as *, + or {2,})")
 
 
 def _op_matches(values: tuple[Any, ...], ignore_case: bool) -> Predicate:
@@ -204,7 +208,8 @@ def _numeric(compare: Callable[[float, float], bool]) -> Callable[[tuple[Any, ..
 
 _SEMVER = re.compile(
     r"^v?(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?(?:\.(0|[1-9]\d*))?"
-    r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
+    r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?",
+    re.ASCII,
 )
 
 
@@ -216,7 +221,7 @@ def semver_key(text: str) -> tuple[Any, ...] | None:
     """
     if len(text) > 256:
         return None
-    m = _SEMVER.match(text)
+    m = _SEMVER.fullmatch(text)
     if m is None:
         return None
     major, minor, patch, pre = m.groups()
@@ -259,9 +264,10 @@ def parse_timestamp(value: Any) -> float | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             return None
+        return number if math.isfinite(number) else None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
