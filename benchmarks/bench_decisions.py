@@ -23,7 +23,7 @@ Scenarios: healthy releases (A/A; +5% conversion; a baseline drifting ±25% over
 also loses 15% of its non-converting users' exposure events, a sample ratio mismatch
 that makes it look like −7.5%).
 
-    python benchmarks/bench_decisions.py            # 2,500 seeds (~7 min on 2 cores); refreshes RESULTS.md
+    python benchmarks/bench_decisions.py            # 3,500 seeds (~6.5 min on 2 cores); refreshes RESULTS.md
     python benchmarks/bench_decisions.py --quick    # 40 seeds; prints only
 
 Targets (the issue; checked here, never by tests) are listed in TARGETS.
@@ -460,12 +460,12 @@ def write_section(path: Path, section: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="40 seeds; records nothing")
-    parser.add_argument("--seeds", type=int, default=None, help="runs per scenario and policy (default 2,500)")
+    parser.add_argument("--seeds", type=int, default=None, help="runs per scenario and policy (default 3,500)")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="the RESULTS.md to refresh")
     parser.add_argument("--no-record", action="store_true", help="print only; do not touch RESULTS.md")
     args = parser.parse_args(argv)
-    seeds = args.seeds if args.seeds is not None else (40 if args.quick else 2500)
+    seeds = args.seeds if args.seeds is not None else (40 if args.quick else 3500)
     record = not (args.quick or args.no_record)
     machine = machine_info()
     report = run(seeds, processes=args.processes)
