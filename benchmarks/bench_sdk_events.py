@@ -9,7 +9,7 @@ do in an application:
   each call (validated, time-stamped, appended to the bounded buffer);
 - exposure, new: `EventProcessor.expose(result, user)` for a (flag version,
   variant, user) this process has not reported: the LRU insert and the append;
-- exposure, repeat: the same call for one it has reported: one LRU move;
+- exposure, repeat: the same call for one it has reported: one LRU lookup;
 - `is_enabled` with and without reporting, repeats of users already seen, for
   what an application sees end to end (their difference is the hot-path cost).
 

@@ -327,18 +327,24 @@ def test_an_exposure_is_reported_once_per_user_variant_and_flag_version(
     assert later == [("a", "on", 4), ("staff-1", "on", 4)]
 
 
-def test_the_dedupe_memory_is_bounded(receiver: Receiver, make_client: Callable[..., FlagClient]) -> None:
-    # Given an LRU of 10 exposures
+def test_the_dedupe_memory_is_bounded_and_keeps_what_was_used_recently(
+        receiver: Receiver, make_client: Callable[..., FlagClient]) -> None:
+    # Given a memory of 10 exposures (two generations of 5)
     client = make_client(receiver.url, exposure_dedupe_size=10)
 
-    # When 11 users are seen, and user-0 (the least recently seen) comes back
+    # When 11 users are seen, user-5 (among the last 5) and user-0 (the oldest) come back
     for user in users(11):
         client.evaluate("layout", user)
     client.evaluate("layout", {"key": "user-5"})  # recently seen: still remembered
     client.evaluate("layout", {"key": "user-0"})  # forgotten: reported again
+    # ... and after 4 more new users (fewer than half the size), user-5 is still remembered
+    for user in users(4, prefix="later"):
+        client.evaluate("layout", user)
+    client.evaluate("layout", {"key": "user-5"})
     assert client.flush(timeout=5)
 
-    assert [e["user"] for e in receiver.events()] == [f"user-{i}" for i in range(11)] + ["user-0"]
+    assert [e["user"] for e in receiver.events()] == (
+        [f"user-{i}" for i in range(11)] + ["user-0"] + [f"later-{i}" for i in range(4)])
 
 
 def test_track_records_any_event_and_never_raises(receiver: Receiver, make_client: Callable[..., FlagClient],
