@@ -77,7 +77,7 @@ def fork_and_report(child: Callable[[], dict[str, Any]], after_fork: Callable[[]
 
 def test_a_forked_child_syncs_on_its_own(live_server: LiveServer, store: Any, sdk_key: str) -> None:
     set_rollout(store, "new-checkout", 100)
-    with FlagClient(live_server.url, sdk_key, poll_interval=1) as client:
+    with FlagClient(live_server.url, sdk_key, poll_interval=1, events=False) as client:
         assert client.is_enabled("new-checkout", USER)
         parent_thread = sync_threads()[0].ident
 
@@ -109,7 +109,7 @@ def test_a_forked_child_syncs_on_its_own(live_server: LiveServer, store: Any, sd
 
 def test_a_closed_client_starts_nothing_in_a_child(live_server: LiveServer, store: Any, sdk_key: str) -> None:
     set_rollout(store, "new-checkout", 100)
-    client = FlagClient(live_server.url, sdk_key, poll_interval=1)
+    client = FlagClient(live_server.url, sdk_key, poll_interval=1, events=False)
     client.close()
 
     report = fork_and_report(lambda: {"threads": len(sync_threads()),
