@@ -28,10 +28,17 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+STRING_SETTINGS = ("DATABASE_URL", "SECRET_KEY", "ADMIN_TOKEN", "REDIS_PREFIX", "WEBHOOK_URLS", "WEBHOOK_SECRET")
+
+
 def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
     """Fill `app.config`: defaults, then `FLAGSERVER_*` variables, then `test_config`."""
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("FLAGSERVER")
+    for name in STRING_SETTINGS:  # from_prefixed_env reads JSON: a token of digits would become an int
+        raw = os.environ.get(f"FLAGSERVER_{name}")
+        if raw is not None:
+            app.config[name] = raw
     if test_config:
         app.config.update(test_config)
     if not app.config["DATABASE_URL"]:

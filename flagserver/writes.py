@@ -3,6 +3,8 @@ CLI and the rollout controller, so every writer goes through the same checks."""
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +14,7 @@ from .storage import NotFound, Store, VersionConflict
 from .storage.base import ENV_FLAG_FIELDS, GLOBAL_FLAG_FIELDS, SEGMENT_FIELDS, Record
 
 FLAG_WRITABLE = GLOBAL_FLAG_FIELDS + ENV_FLAG_FIELDS
-ATTEMPTS = 5
+RETRY_SECONDS = 5.0  # how long a write without If-Match keeps re-applying itself under contention
 
 
 def versioned_write(kind: str, key: str, read: Callable[[], Record], write: Callable[[Record, int], Record],
@@ -23,7 +25,9 @@ def versioned_write(kind: str, key: str, read: Callable[[], Record], write: Call
     `VersionConflict`). Without it, a concurrent change makes us re-read and
     re-apply, so no update is lost.
     """
-    for _ in range(ATTEMPTS):
+    deadline = time.monotonic() + RETRY_SECONDS
+    pause = 0.002
+    while True:
         current = read()
         if expected_version is not None and current["version"] != expected_version:
             raise VersionConflict(kind, key, current["version"])
@@ -32,7 +36,12 @@ def versioned_write(kind: str, key: str, read: Callable[[], Record], write: Call
         except VersionConflict:
             if expected_version is not None:
                 raise
-    raise APIError(409, "busy", f"{kind} {key!r} kept changing while this write was applied; try again")
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(random.uniform(0, pause))  # jitter spreads writers who collided
+        pause = min(pause * 2, 0.1)
+    raise APIError(503, "busy", f"{kind} {key!r} kept changing while this write was applied; try again",
+                   headers={"Retry-After": "1"})
 
 
 def read_flag(store: Store, env: str, key: str) -> Record:

@@ -32,11 +32,17 @@ def json_body() -> Any:
     return body
 
 
-def load(schema: Schema, *, partial: bool = False) -> dict[str, Any]:
-    """Validate the JSON body with `schema`; a body that is not an object is a 422."""
+def load(schema: Schema, *, partial: bool | tuple[str, ...] = False, replacing: bool = False) -> dict[str, Any]:
+    """Validate the JSON body with `schema`; a body that is not an object is a 422.
+    With `replacing` (a PUT), the read-only fields of a GET's body are ignored, so an
+    object can be read, edited and put back."""
     body = json_body()
     if not isinstance(body, dict):
         raise APIError(422, "validation_error", "the body must be a JSON object", {"_schema": ["must be an object"]})
+    if replacing:
+        for read_only in ("version", "updated_at", "created_at"):
+            if type(body.get(read_only)) in (int, float):
+                del body[read_only]
     return schema.load(body, partial=partial)  # type: ignore[no-any-return]
 
 

@@ -49,7 +49,7 @@ def get_flag(env: str, key: str) -> Response:
 @bp.put("/<key>")
 @require_admin
 def replace_flag(env: str, key: str) -> Response:
-    body = load(_flag_schema, partial=("key",))
+    body = load(_flag_schema, partial=("key",), replacing=True)
     if body.setdefault("key", key) != key:
         raise APIError(422, "validation_error", "key: does not match the URL", {"key": ["does not match the URL"]})
     return with_etag(change_flag(store(), env, key, body, actor=actor(), expected_version=if_match()))

@@ -32,10 +32,14 @@ def config() -> Response:
     if entry.stale:
         headers["X-Flagserver-Stale"] = "1"
         headers["Warning"] = '110 - "storage unavailable; serving the last known config"'
-    if entry.etag in _tags(request.headers.get("If-None-Match", "")):
+    tags = _tags(request.headers.get("If-None-Match", ""))
+    if entry.etag in tags or "*" in tags:
         return Response(status=304, headers=headers)
     return Response(entry.body, status=200, headers=headers, mimetype="application/json")
 
 
 def _tags(header: str) -> list[str]:
-    return [t.strip() for t in header.split(",") if t.strip()]
+    """Entity tags of If-None-Match, compared weakly (RFC 9110): a proxy that compresses
+    the body marks our tag weak, and it still names the same document."""
+    tags = [t.strip() for t in header.split(",") if t.strip()]
+    return [t[2:] if t.startswith("W/") else t for t in tags]

@@ -42,7 +42,7 @@ def get_segment(env: str, key: str) -> Response:
 @bp.put("/<key>")
 @require_admin
 def replace_segment(env: str, key: str) -> Response:
-    body = load(_segment_schema, partial=("key",))
+    body = load(_segment_schema, partial=("key",), replacing=True)
     if body.setdefault("key", key) != key:
         raise APIError(422, "validation_error", "key: does not match the URL", {"key": ["does not match the URL"]})
     return with_etag(change_segment(store(), env, key, body, actor=actor(), expected_version=if_match()))
