@@ -235,7 +235,17 @@ class Report:
     errors: dict[str, int]
     exposed_counted: int
     exposed_sent: int
+    server_cpu: float | None = None  # CPU seconds of gunicorn's processes during the load (Linux)
+    redis_cpu: float | None = None  # CPU seconds of redis-server during the load (INFO cpu; shared with others)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def server_cpu_us_per_event(self) -> float | None:
+        return None if self.server_cpu is None else self.server_cpu / self.events * 1e6
+
+    @property
+    def redis_cpu_us_per_event(self) -> float | None:
+        return None if self.redis_cpu is None else self.redis_cpu / self.events * 1e6
 
     @property
     def events_per_second(self) -> float:
@@ -273,7 +283,14 @@ def measure(backend: str = "sqlite", *, senders: int = 4, batches_per_sender: in
                                         {"key": FLAG, "enabled": True, "rollout": 50})
                 if status != 201:
                     raise RuntimeError(f"creating the flag answered {status}: {body}")
+                cpu_before = tree_cpu_seconds(server.pid)
+                redis_before = redis_cpu_seconds(redis_url) if prefix is not None else None
                 report = _load(port, sdk_key, backend, senders, batches_per_sender, workers, threads)
+                cpu_after = tree_cpu_seconds(server.pid)
+                if cpu_before is not None and cpu_after is not None:
+                    report.server_cpu = cpu_after - cpu_before
+                if redis_before is not None:
+                    report.redis_cpu = redis_cpu_seconds(redis_url) - redis_before
                 status, stats = _request(port, "GET", f"/api/v1/envs/production/flags/{FLAG}/stats", admin)
                 if status != 200:
                     raise RuntimeError(f"the stats API answered {status}: {stats}")
@@ -331,6 +348,42 @@ def _load(port: int, sdk_key: str, backend: str, senders: int, batches_per_sende
                   exposed_sent=n_batches * EXPOSURES_PER_BATCH)
 
 
+def redis_cpu_seconds(url: str) -> float:
+    """redis-server's user + system CPU seconds so far (INFO cpu)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` and its descendants, from /proc
+    (None where there is no /proc). A process that exited takes its share along."""
+    try:
+        stats = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    except OSError:
+        return None
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, (ppid, _) in stats.items() if ppid == parent and child not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
+
+
 def _check_alive(proc: Any, deadline: float, doing: str) -> None:
     """Raise when a sender died (with no result to give) or the deadline passed."""
     if proc.exitcode not in (None, 0):
@@ -375,16 +428,19 @@ def machine_info() -> dict[str, str]:
 
 
 def format_row(report: Report) -> str:
+    cpu = "-" if report.server_cpu_us_per_event is None else f"{report.server_cpu_us_per_event:,.0f}"
+    if report.redis_cpu_us_per_event is not None:
+        cpu += f" + Redis {report.redis_cpu_us_per_event:,.0f}"
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(report.errors.items())) or "none"
     return (f"| {report.backend} | {report.workers} x {report.threads} | {report.senders} | {report.batches:,} "
             f"| {report.events:,} | {report.seconds:.2f} | **{report.events_per_second:,.0f}** "
             f"| {report.latency(0.5) * 1e3:,.0f} | {report.latency(0.99) * 1e3:,.0f} "
-            f"| {report.exposed_counted:,} of {report.exposed_sent:,} | {errors} |")
+            f"| {cpu} | {report.exposed_counted:,} of {report.exposed_sent:,} | {errors} |")
 
 
 TABLE_HEAD = ("| backend | workers x threads | senders | batches | events | seconds | events/s | p50 ms | p99 ms "
-              "| exposed users counted | errors |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-              "| --- | --- |")
+              "| server CPU us/event | exposed users counted | errors |\n"
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
 
 
 def render_section(reports: Sequence[Report], machine: dict[str, str], runs: int) -> str:
@@ -401,7 +457,10 @@ def render_section(reports: Sequence[Report], machine: dict[str, str], runs: int
         "in random order) and 100 tracks "
         "(of users exposed before), to a fresh database each run. Bodies are built before the clock starts. "
         "The stats API afterwards must count every exposed user once. Each row is the best of "
-        f"{runs} runs; every run is listed below the table. p50/p99: one request's time as its sender saw it.",
+        f"{runs} runs; every run is listed below the table. p50/p99: one request's time as its sender saw it. "
+        "Server CPU: user + system time of gunicorn's processes during the load, per event (the load's "
+        "cost independent of what else the machine runs; 1,000,000 / it is events/s per fully used core), "
+        "plus redis-server's own (INFO cpu) for Redis.",
         "",
         TABLE_HEAD,
         *[format_row(r) for r in reports],

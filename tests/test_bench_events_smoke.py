@@ -50,6 +50,7 @@ def test_a_tiny_run_on_sqlite_counts_every_event_and_records_only_its_section(be
     assert (report.batches, report.events) == (4, 4 * bench.BATCH_SIZE)
     assert report.exposed_counted == report.exposed_sent == 4 * bench.EXPOSURES_PER_BATCH
     assert len(report.latencies) == 4 and report.seconds > 0
+    assert report.server_cpu is None or report.server_cpu > 0  # the workers did the parsing and the counting
 
     # And the recorded section replaces only its own, between its markers
     results = tmp_path / "RESULTS.md"
