@@ -103,6 +103,23 @@ def controller_command(poll: float, parent_pid: int | None) -> None:
 
 
 @main.command()
+@click.option("--seconds-per-interval", default=1.0, show_default=True, type=float,
+              help="the controller's interval (the demo's time scale)")
+@click.option("--users-per-second", default=2000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=int, help="0 picks a free port")
+@click.option("--keep-serving/--exit", default=True, show_default=True,
+              help="keep the demo server up afterwards (Ctrl-C stops it)")
+def demo(seconds_per_interval: float, users_per_second: int, port: int, keep_serving: bool) -> None:
+    """Watch a rollout run itself: a healthy release climbs to 100%, a harmful one is rolled back."""
+    from .demo import run_demo
+
+    results = run_demo(seconds_per_interval=seconds_per_interval, users_per_second=users_per_second, port=port,
+                       keep_serving=keep_serving)
+    if results.get("new-checkout") != "completed" or results.get("checkout-redesign") != "rolled_back":
+        _fail(f"the demo did not tell its story: {results}")
+
+
+@main.command()
 def init() -> None:
     """Create the database, the environments production and staging, and a first admin token."""
     app = _app()
