@@ -41,6 +41,7 @@ def test_the_bodies_are_valid_sdk_batches_of_new_exposures_and_tracks_of_exposed
     assert tracked and tracked <= set(exposed)
 
 
+@pytest.mark.slow  # a real `flagserver init` and `serve`: a few seconds
 def test_a_tiny_run_on_sqlite_counts_every_event_and_records_only_its_section(bench, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # When two senders post two batches each to a real `flagserver serve`
     report = bench.measure("sqlite", senders=2, batches_per_sender=2, workers=1, threads=2)
