@@ -37,6 +37,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from .events import EventStore
+from .rollouts import RolloutStore
+
 GLOBAL_FLAG_FIELDS = ("description", "tags", "owner", "variants", "salt", "bucket_by", "hash_version")
 ENV_FLAG_FIELDS = ("enabled", "rules", "rollout")
 SEGMENT_FIELDS = ("description", "included", "excluded", "conditions", "percentage", "bucket_by")
@@ -86,8 +89,9 @@ class StoreUnavailable(StoreError):
     """The backend cannot be reached; the operation may be retried later."""
 
 
-class Store(Protocol):
-    """What the server needs from storage. Methods raise the errors above."""
+class Store(EventStore, RolloutStore, Protocol):
+    """What the server needs from storage (with the events and rollouts protocols
+    of `events.py` and `rollouts.py`). Methods raise the errors above."""
 
     def initialize(self) -> None:
         """Create or migrate the schema. Idempotent."""
