@@ -404,7 +404,12 @@ def machine_info() -> dict[str, str]:
                                 cwd=Path(__file__).resolve().parent, check=False).stdout.strip() or "unknown"
     except OSError:
         commit = "unknown"
+    try:
+        load = f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        load = "unknown"
     return {"cpu": cpu, "nproc": str(os.cpu_count()), "python": f"CPython {platform.python_version()}",
+            "load": load,
             "numpy": np.__version__, "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
@@ -418,7 +423,8 @@ def render_section(report: Report, machine: dict[str, str]) -> str:
         f"`python benchmarks/bench_decisions.py`, {machine['date']}. Machine: {machine['cpu']}, nproc "
         f"{machine['nproc']}, {machine['python']}, numpy {machine['numpy']}; code at {machine['commit']}. "
         f"{report.seeds:,} seeded runs (seeds 0-{report.seeds - 1}) per scenario and policy, "
-        f"{report.processes} processes, {report.seconds / 60:.1f} minutes.",
+        f"{report.processes} processes, {report.seconds / 60:.1f} minutes (load average {machine.get('load', '?')} "
+        "at the start; other jobs on the machine slow it down).",
         "",
         f"{USERS_PER_INTERVAL:,} new users per interval, bucketed by `flagsdk.bucket` with salt `{SALT}` "
         f"(a pool of {POOL_SIZE:,} keys bucketed once; each run reads its arrivals from its own offset); "
@@ -428,7 +434,8 @@ def render_section(report: Report, machine: dict[str, str]) -> str:
         "last-interval conversion < 10% or error rate > 5%; `z-test`: two-proportion z-test over the rollout's "
         "users, p < 0.05 at every interval; both promote after 10 intervals per stage. \"Users before "
         "rollback\" counts canary users (who saw the new version) in rolled-back runs; runs end at a rollback, "
-        f"at 100%, or after {MAX_INTERVALS} intervals (\"held\").",
+        f"at 100%, or after {MAX_INTERVALS} intervals (\"held\"). Every parameter of the plan is the default of "
+        "STATISTICS.md section 8; nothing was tuned to meet the targets.",
         "",
         format_table(report),
         "",
