@@ -13,7 +13,7 @@ from ..sdk_config import ConfigCache
 from ..storage import NotFound
 from ._common import load, require_environment, store
 
-bp = Blueprint("admin", __name__, url_prefix="/api/v1")
+bp = Blueprint("admin_api", __name__, url_prefix="/api/v1")
 
 _environment_schema = EnvironmentSchema()
 _token_schema = TokenSchema()
