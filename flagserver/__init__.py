@@ -12,6 +12,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: config (defaults, FLAGSERVER_* variables, `test_config`),
     storage (opened and migrated), the API and the pages."""
     from . import api, errors
+    from .admin import init_app as init_admin
     from .auth import TokenVerifier
     from .config import load_config
     from .rollout.controller import RolloutService
@@ -37,4 +38,5 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["flagserver.rollouts"] = RolloutService(store, webhooks)
     errors.init_app(app)
     api.init_app(app)
+    init_admin(app)
     return app
