@@ -558,7 +558,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def every_call(store: RedisStore) -> dict[str, Callable[[], Any]]:
-    """One call of each method of the Store protocol (close aside)."""
+    """One call of each method of the Store protocol (close aside), events and rollouts included."""
     return {
         "initialize": store.initialize,
         "ping": store.ping,
@@ -582,6 +582,19 @@ def every_call(store: RedisStore) -> dict[str, Callable[[], Any]]:
         "list_tokens": store.list_tokens,
         "delete_token": lambda: store.delete_token("t1", actor="a"),
         "list_audit": store.list_audit,
+        # events and rollouts (EventStore, RolloutStore)
+        "record_events": lambda: store.record_events("production", "batch-0001", [], []),
+        "list_stages": lambda: store.list_stages("production", "new-checkout"),
+        "stage_counts": lambda: store.stage_counts("production", "new-checkout", 1),
+        "get_rollout": lambda: store.get_rollout("production", "new-checkout"),
+        "put_rollout": lambda: store.put_rollout("production", "new-checkout", {"stages": []}, {},
+                                                 expected_version=None, actor="a", action="rollout.start"),
+        "list_rollouts": store.list_rollouts,
+        "record_decision": lambda: store.record_decision("production", "new-checkout", {"action": "hold"},
+                                                         replace_last=False),
+        "list_decisions": lambda: store.list_decisions("production", "new-checkout"),
+        "acquire_lease": lambda: store.acquire_lease("controller", "a", 30),
+        "release_lease": lambda: store.release_lease("controller", "a"),
     }
 
 
