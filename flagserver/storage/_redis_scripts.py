@@ -175,8 +175,11 @@ local function user_of(user)
         if is_alive(f[1]) then
           local flags = tonumber(f[3])
           local entry = {sid = f[1], arm = f[2], r = flags % 2 == 1, m = flags >= 2, at = tonumber(f[4]),
-                         at_s = f[4], evs = {}, evl = {}}
-          for k = 5, #f do entry.evs[f[k]] = true; entry.evl[#entry.evl + 1] = f[k] end
+                         at_s = f[4]}
+          if #f >= 5 then
+            entry.evs, entry.evl = {}, {}
+            for k = 5, #f do entry.evs[f[k]] = true; entry.evl[#entry.evl + 1] = f[k] end
+          end
           u.entries[#u.entries + 1] = entry
         else
           u.dirty = true
@@ -188,14 +191,24 @@ local function user_of(user)
   return u
 end
 
-local counts, sums = {}, {}   -- stage key -> field -> delta
-local function add(into, sid, field, delta)
-  local key = prefix .. sid
-  local fields = into[key]
-  if fields == nil then fields = {}; into[key] = fields end
-  fields[field] = (fields[field] or 0) + delta
+-- Counter deltas per stage and arm: {exposed all, exposed randomized, mixed all,
+-- mixed randomized, ev = {event -> {users all, users randomized, sum all, sum
+-- randomized}}}; the field names are built once, when written.
+local tallies = {}
+local function tally(sid, arm)
+  local by_arm = tallies[sid]
+  if by_arm == nil then by_arm = {}; tallies[sid] = by_arm end
+  local t = by_arm[arm]
+  if t == nil then t = {0, 0, 0, 0}; by_arm[arm] = t end
+  return t
 end
-local function arm_field(kind, pop, arm, event) return kind .. pop .. #arm .. ':' .. arm .. (event or '') end
+local function event_tally(t, event)
+  local by_event = t.ev
+  if by_event == nil then by_event = {}; t.ev = by_event end
+  local e = by_event[event]
+  if e == nil then e = {0, 0, false, false}; by_event[event] = e end
+  return e
+end
 
 for _, ev in ipairs(events) do
   if ev[1] == 0 then
@@ -206,18 +219,18 @@ for _, ev in ipairs(events) do
       for _, e in ipairs(u.entries) do if e.sid == sid then entry = e; break end end
       local variant = ev[3]
       if entry == nil then
-        entry = {sid = sid, arm = id_of(variant), r = ev[4], m = false, at = ev[8], at_s = ev[7], evs = {},
-                 evl = {}}
+        entry = {sid = sid, arm = id_of(variant), r = ev[4], m = false, at = ev[8], at_s = ev[7]}
         u.entries[#u.entries + 1] = entry
         u.dirty, alive[sid] = true, true
-        add(counts, sid, arm_field('x', 'a', variant), 1)
-        if entry.r then add(counts, sid, arm_field('x', 'r', variant), 1) end
+        local t = tally(sid, variant)
+        t[1] = t[1] + 1
+        if entry.r then t[2] = t[2] + 1 end
       else
         if not entry.m and find_id(variant) ~= entry.arm then
-          local arm = name_of(entry.arm)
+          local t = tally(sid, name_of(entry.arm))
           entry.m, u.dirty = true, true
-          add(counts, sid, arm_field('m', 'a', arm), 1)
-          if entry.r then add(counts, sid, arm_field('m', 'r', arm), 1) end
+          t[3] = t[3] + 1
+          if entry.r then t[4] = t[4] + 1 end
         end
         if ev[8] < entry.at then
           entry.at, entry.at_s, u.dirty = ev[8], ev[7], true
@@ -229,19 +242,20 @@ for _, ev in ipairs(events) do
     local event, value, at = ev[2], ev[4], ev[5]
     for _, entry in ipairs(u.entries) do
       if entry.at <= at then
-        local arm = name_of(entry.arm)
+        local e = event_tally(tally(entry.sid, name_of(entry.arm)), event)
         local eid = find_id(event)
-        if eid == nil or not entry.evs[eid] then
+        if eid == nil or not (entry.evs and entry.evs[eid]) then
           eid = id_of(event)
+          if entry.evs == nil then entry.evs, entry.evl = {}, {} end
           entry.evs[eid] = true
           entry.evl[#entry.evl + 1] = eid
           u.dirty = true
-          add(counts, entry.sid, arm_field('u', 'a', arm, event), 1)
-          if entry.r then add(counts, entry.sid, arm_field('u', 'r', arm, event), 1) end
+          e[1] = e[1] + 1
+          if entry.r then e[2] = e[2] + 1 end
         end
         if value then
-          add(sums, entry.sid, arm_field('v', 'a', arm, event), value)
-          if entry.r then add(sums, entry.sid, arm_field('v', 'r', arm, event), value) end
+          e[3] = (e[3] or 0) + value
+          if entry.r then e[4] = (e[4] or 0) + value end
         end
       end
     end
@@ -283,25 +297,36 @@ for user, u in pairs(users) do
       for k, e in ipairs(u.entries) do
         local flags = (e.r and 1 or 0) + (e.m and 2 or 0)
         local part = e.sid .. ',' .. e.arm .. ',' .. flags .. ',' .. e.at_s
-        if #e.evl > 0 then part = part .. ',' .. table.concat(e.evl, ',') end
+        if e.evl then part = part .. ',' .. table.concat(e.evl, ',') end
         parts[k] = part
       end
-      sets[#sets + 1] = user; sets[#sets + 1] = table.concat(parts, ';')
+      sets[#sets + 1] = user; sets[#sets + 1] = #parts == 1 and parts[1] or table.concat(parts, ';')
     end
     if #sets >= 1000 or #dels >= 1000 then flush() end
   end
 end
 flush()
-for key, fields in pairs(counts) do
-  for field, delta in pairs(fields) do redis.call('HINCRBY', key, field, delta) end
-end
 -- Sums as doubles, the batch's own sum added to the stored one: the same
 -- arithmetic as the SQLite backend, and no HINCRBYFLOAT error (an infinite
 -- sum) to stop the script half-way.
-for key, fields in pairs(sums) do
-  for field, delta in pairs(fields) do
-    local before = tonumber(redis.call('HGET', key, field) or '0')
-    redis.call('HSET', key, field, exact(before + delta))
+local function add_sum(key, field, delta)
+  local before = tonumber(redis.call('HGET', key, field) or '0')
+  redis.call('HSET', key, field, exact(before + delta))
+end
+local function add_count(key, field, delta)
+  if delta > 0 then redis.call('HINCRBY', key, field, delta) end
+end
+for sid, by_arm in pairs(tallies) do
+  local key = prefix .. sid
+  for arm, t in pairs(by_arm) do
+    local head = #arm .. ':' .. arm
+    add_count(key, 'xa' .. head, t[1]); add_count(key, 'xr' .. head, t[2])
+    add_count(key, 'ma' .. head, t[3]); add_count(key, 'mr' .. head, t[4])
+    for event, e in pairs(t.ev or {}) do
+      add_count(key, 'ua' .. head .. event, e[1]); add_count(key, 'ur' .. head .. event, e[2])
+      if e[3] then add_sum(key, 'va' .. head .. event, e[3]) end
+      if e[4] then add_sum(key, 'vr' .. head .. event, e[4]) end
+    end
   end
 end
 return 1
