@@ -13,6 +13,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     storage (opened and migrated), the API and the pages."""
     from . import api, errors
     from .admin import init_app as init_admin
+    from .api.sdk import ConfigFastPath
     from .auth import TokenVerifier
     from .config import load_config
     from .rollout.controller import RolloutService
@@ -38,5 +39,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["flagserver.rollouts"] = RolloutService(store, webhooks)
     errors.init_app(app)
     api.init_app(app)
+    app.wsgi_app = ConfigFastPath(  # type: ignore[method-assign]
+        app.wsgi_app, app.extensions["flagserver.tokens"], app.extensions["flagserver.config_cache"])
     init_admin(app)
     return app

@@ -19,9 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from werkzeug.serving import make_server
-
 from flagsdk import FlagClient
+from werkzeug.serving import make_server
 
 from . import create_app
 from .auth import create_token
