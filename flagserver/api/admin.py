@@ -28,7 +28,7 @@ def list_environments() -> Response:
 
 @bp.post("/envs")
 @require_admin
-def create_environment() -> Response:
+def create_environment() -> tuple[Response, int]:
     body = load(_environment_schema)
     record = store().create_environment(body["key"], body.get("name") or body["key"], actor=actor())
     return jsonify(record), 201
@@ -70,7 +70,7 @@ def list_tokens() -> Response:
 
 @bp.post("/tokens")
 @require_admin
-def create_token_view() -> Response:
+def create_token_view() -> tuple[Response, int]:
     body = load(_token_schema)
     env = body.get("environment")
     if body["kind"] == "sdk":

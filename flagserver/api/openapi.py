@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from apispec import APISpec
@@ -89,7 +90,7 @@ ERROR_SCHEMA = {
 }
 
 
-def build_spec(extra_operations: list[tuple[str, str, str, str | None, str | None, tuple[int, ...]]] = ()
+def build_spec(extra_operations: Sequence[tuple[str, str, str, str | None, str | None, tuple[int, ...]]] = ()
                ) -> dict[str, Any]:
     spec = APISpec(title="flagserver", version="0.1.0", openapi_version="3.0.3", plugins=[MarshmallowPlugin()],
                    info={"description": "Feature flags whose rollouts run themselves."})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, current_app, jsonify
 
 from ..auth import actor, require_admin
@@ -50,7 +52,7 @@ def get_plan(env: str, key: str) -> Response:
 @require_admin
 def set_plan(env: str, key: str) -> Response:
     require_environment(env)
-    config = load(_plan_schema)
+    config: Any = load(_plan_schema)  # the schema's post_load makes a PlanConfig
     existed = store().get_rollout(env, key) is not None
     rollout = put_plan(service(), env, key, config, actor=actor(), expected_version=if_match())
     return _respond(rollout, 200 if existed else 201)

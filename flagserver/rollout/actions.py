@@ -32,7 +32,7 @@ def put_plan(service: RolloutService, env: str, flag: str, config: PlanConfig, *
     read_flag(service.store, env, flag)
     record = service.store.get_rollout(env, flag)
     if record is None:
-        state = {"plan_state": None, "flag_stages": []}
+        state: dict[str, Any] = {"plan_state": None, "flag_stages": []}
         return Rollout.from_record(service.store.put_rollout(env, flag, config.to_dict(), state,
                                                              expected_version=None, actor=actor,
                                                              action="rollout.plan"))

@@ -46,6 +46,7 @@ class ConnectionPool:
         self._max_idle = max_idle
         self._lock = threading.Lock()
         self._turn = threading.Lock()  # the one ":memory:" connection's
+        self._writer = threading.Lock()  # this process's writers queue here (see transaction)
         self._idle: list[sqlite3.Connection] = []
         self._inherited: list[sqlite3.Connection] = []
         self._pid = os.getpid()
@@ -110,16 +111,39 @@ class ConnectionPool:
         """A connection inside a transaction, committed when the block ends and
         rolled back when it raises. A write transaction is `BEGIN IMMEDIATE`: it
         holds the database's write lock from the start, waiting for it up to the
-        busy timeout; a read transaction sees one snapshot throughout."""
-        with self.connection() as conn:
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        busy timeout; a read transaction sees one snapshot throughout.
+
+        The threads of one process take turns at writing on a lock of their own
+        first: SQLite's busy handler polls with growing sleeps (up to 100 ms), so
+        many threads waiting on the file lock leave it idle between holders, while
+        a thread waiting on this lock is woken as soon as it is free. Other
+        processes still meet at SQLite's lock. Waiting past the busy timeout here
+        is `StoreUnavailable`, as it is there."""
+        if not write:
+            with self.connection() as conn:
+                conn.execute("BEGIN")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            return
+        if not self._writer.acquire(timeout=self._busy_timeout):
+            raise StoreUnavailable(f"SQLite database {self.path!r}: no turn to write within {self._busy_timeout} s")
+        try:
+            with self.connection() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        finally:
+            self._writer.release()
 
     def close(self) -> None:
         """Close the idle connections now and the busy ones as they come back.

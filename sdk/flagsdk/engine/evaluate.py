@@ -276,7 +276,7 @@ class _FlagCompiler:
                 raise EvaluationError(INVALID_CONTEXT, "user 'key' must be a string of text")
             for matches, served, split in rules:
                 if matches(user, key):
-                    return served if served is not None else split(user, key)
+                    return served if served is not None else split(user, key)  # type: ignore[misc]
             return fallthrough(user, key)
         return evaluate_flag
 
