@@ -10,9 +10,10 @@ and a test never depends on luck.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flagsdk import Snapshot
@@ -23,6 +24,16 @@ from flagserver.storage.events import Conversion, Exposure
 PLAN = "/api/v1/envs/{env}/flags/{key}/rollout-plan"
 CHECKOUT = {"event": "checkout", "kind": "conversion"}
 ERRORS = {"event": "error", "kind": "error"}
+
+
+class Clock:
+    """An injected clock: the app's CLOCK (people's actions) and the controller's `now`."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def plan_url(key: str = "f", env: str = "production", action: str | None = None) -> str:
@@ -106,3 +117,16 @@ class Traffic:
 
 def _crosses(seen: int, rate: float, done: int) -> bool:
     return int(seen * rate + 1e-9) > done
+
+
+def run_until(controller: Any, traffic: Traffic, clock: Clock, done: Callable[[], bool], *, users: int = 1000,
+              interval: float = 60.0, ticks: int = 100) -> None:
+    """Each interval `users` new users visit and the controller looks, until `done()`;
+    fails after `ticks` intervals."""
+    for _ in range(ticks):
+        clock.now += interval
+        traffic.visit(users, clock.now - 1)
+        assert controller.run_once(clock.now) is not None
+        if done():
+            return
+    raise AssertionError(f"not done after {ticks} ticks")

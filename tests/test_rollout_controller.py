@@ -9,7 +9,6 @@ Every test runs on SQLite and on Redis.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,21 +20,11 @@ import flagserver.rollout.controller as controller_module
 from flagserver.rollout.controller import LEASE_NAME, Controller
 from flagserver.storage import open_store
 from tests.api_helpers import BACKENDS, create_flag
-from tests.rollout_helpers import CHECKOUT, ERRORS, Traffic, act, plan_url, put_plan
+from tests.rollout_helpers import CHECKOUT, ERRORS, Clock, Traffic, act, plan_url, put_plan
 
 pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
 MINUTE = 60.0
-
-
-class Clock:
-    """The injected clock: the app's CLOCK (people's actions) and the controller's `now`."""
-
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Notices:
