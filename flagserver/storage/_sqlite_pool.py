@@ -47,6 +47,7 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self._turn = threading.Lock()  # the one ":memory:" connection's
         self._writer = threading.Lock()  # this process's writers queue here (see transaction)
+        self._writer_pid = os.getpid()
         self._idle: list[sqlite3.Connection] = []
         self._inherited: list[sqlite3.Connection] = []
         self._pid = os.getpid()
@@ -130,7 +131,8 @@ class ConnectionPool:
                         conn.execute("ROLLBACK")
                     raise
             return
-        if not self._writer.acquire(timeout=self._busy_timeout):
+        writer = self._writer_lock()
+        if not writer.acquire(timeout=self._busy_timeout):
             raise StoreUnavailable(f"SQLite database {self.path!r}: no turn to write within {self._busy_timeout} s")
         try:
             with self.connection() as conn:
@@ -143,7 +145,16 @@ class ConnectionPool:
                         conn.execute("ROLLBACK")
                     raise
         finally:
-            self._writer.release()
+            writer.release()
+
+    def _writer_lock(self) -> threading.Lock:
+        with self._lock:
+            if self._writer_pid != os.getpid():
+                # A forked child: a thread of the parent may have held the lock at
+                # the fork, and that thread does not exist here to release it.
+                self._writer = threading.Lock()
+                self._writer_pid = os.getpid()
+            return self._writer
 
     def close(self) -> None:
         """Close the idle connections now and the busy ones as they come back.

@@ -5,6 +5,7 @@ use their indexes."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flagserver.storage import _sqlite_events
+from flagserver.storage import StoreUnavailable, _sqlite_events
 from flagserver.storage._sqlite_schema import MIGRATIONS
 from flagserver.storage.events import BATCH_ID_RETENTION, Conversion, Exposure
 from flagserver.storage.sqlite_store import SQLiteStore
@@ -144,3 +145,40 @@ def test_deleting_a_flag_leaves_no_row_of_it(store: SQLiteStore, db: Path) -> No
     for table in ("stages", "exposures", "conversions", "arm_counts", "event_counts", "rollouts", "decisions"):
         assert rows(db, table) == 0, table
     assert rows(db, "event_batches") == 1  # the id stays: a resend is still a duplicate
+
+
+def test_writers_of_one_process_take_turns_and_a_turn_not_coming_is_store_unavailable(db: Path) -> None:
+    # The threads of a process queue on the pool's own lock before SQLite's (whose
+    # busy handler sleeps up to 100 ms between tries); the busy timeout still holds.
+    store = SQLiteStore(str(db), busy_timeout=0.05)
+    store.initialize()
+    writer = store._pool._writer_lock()
+    try:
+        with writer:  # another thread of this process is writing
+            with pytest.raises(StoreUnavailable, match="no turn to write"):
+                store.create_environment("production", "Production", actor="t")
+        store.create_environment("production", "Production", actor="t")  # its turn came
+        assert [e["key"] for e in store.list_environments()] == ["production"]
+    finally:
+        store.close()
+
+
+def test_a_forked_child_does_not_wait_for_a_turn_its_parent_held(db: Path) -> None:
+    store = SQLiteStore(str(db), busy_timeout=0.5)
+    store.initialize()
+    writer = store._pool._writer_lock()
+    try:
+        with writer:  # held while forking, as a writing thread of the parent would
+            pid = os.fork()
+            if pid == 0:  # the child: writes at once, or exits 1
+                code = 1
+                try:
+                    store.create_environment("child", "Child", actor="t")
+                    code = 0
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert [e["key"] for e in store.list_environments()] == ["child"]
+    finally:
+        store.close()
