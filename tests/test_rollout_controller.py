@@ -337,8 +337,9 @@ def test_a_change_by_hand_while_the_controller_decides_wins(client, admin, store
     assert percentage_of(store) == 40
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RolloutService.apply moves the flag before writing the rollout "
-                   "at its version; a concurrent pause is overridden (see the docstring)")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="BUG: RolloutService.apply moves the flag before writing the rollout at its version; a "
+                          "concurrent pause is overridden (see the docstring)")
 def test_a_pause_while_the_controller_promotes_wins(client, admin, store, clock, controller, monkeypatch):
     """BUG: `RolloutService.apply` moves the flag before it writes the rollout at its
     version, so a person's pause that lands while the controller decides leaves the
@@ -360,8 +361,9 @@ def test_a_pause_while_the_controller_promotes_wins(client, admin, store, clock,
     assert percentage_of(store) == 5, "the flag was promoted under a plan a person had paused"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RolloutService.apply drops the rollback's decision and notice "
-                   "when the rollout changed meanwhile (see the docstring)")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="BUG: RolloutService.apply drops the rollback's decision and notice when the rollout "
+                          "changed meanwhile (see the docstring)")
 def test_a_rollback_while_a_person_pauses_is_still_recorded(client, admin, store, clock, controller, notices,
                                                             monkeypatch):
     """BUG (same cause): a rollback that meets a person's concurrent pause moves the flag
@@ -526,3 +528,28 @@ def test_actions_through_the_api_use_the_clock_of_people(client, admin, store, c
     assert body["decisions"][0]["at"] == clock.now
     clock.now += 5
     assert client.post(plan_url(action="pause"), headers=admin).get_json()["state"]["status_since"] == clock.now
+
+
+# --- notices of completion ------------------------------------------------------------------------------
+
+def test_a_plan_that_starts_at_its_last_stage_completes_at_the_first_look(client, admin, store, clock, controller,
+                                                                          notices):
+    start(client, admin, stages=[{"percentage": 100}])
+
+    [(_, _, decision)] = controller.run_once(clock.now + MINUTE)
+
+    assert decision.action == "complete"
+    assert status_of(store) == "completed"
+    assert notices.sent[-1][0] == "rollout.completed"
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="BUG: a rollout that reaches its last stage by a promotion notifies rollout.promoted "
+                          "only, never rollout.completed")
+def test_reaching_100_percent_is_notified_as_a_completion(client, admin, store, clock, controller, notices):
+    start(client, admin, stages=[{"percentage": 50, "margin": 0.3}, {"percentage": 100}])
+    traffic = Traffic(store)
+    drive(controller, traffic, clock, until=lambda: status_of(store) == "completed")
+    assert status_of(store) == "completed"
+
+    assert "rollout.completed" in notices.events()
