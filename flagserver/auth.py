@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from flask import current_app, g, request
 
 from .errors import APIError
-from .storage import Store
+from .storage import Store, StoreUnavailable
 
 PREFIXES = {"admin": "fsa", "sdk": "fss"}
 KINDS = {v: k for k, v in PREFIXES.items()}
@@ -73,7 +73,14 @@ class TokenVerifier:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        principal = self._verify_uncached(token)
+        try:
+            principal = self._verify_uncached(token)
+        except StoreUnavailable:
+            if cached is not None:
+                # Storage is down: a token verified before stays trusted, so SDKs keep getting
+                # the last config. Revoking a token needs storage too, so nothing is missed.
+                return cached[0]
+            raise
         if principal is not None:
             with self._lock:
                 if len(self._cache) > 10_000:
