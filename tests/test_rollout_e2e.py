@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -236,6 +237,14 @@ def test_a_harmful_release_is_rolled_back_and_the_sdk_stops_serving_it(make_proc
     assert receiver.received()[0].event == "rollout.notice"  # the start, from a web worker
     for request in receiver.received():
         check_signed(request)
+    # `serve` ran the controller in a process of its own, and stops it with gunicorn.
+    found = re.search(r"rollout controller (\S+): looking every 1s", processes.log("serve"))
+    assert found, processes.log("serve")[-2000:]
+    controller_pid = int(found.group(1).split(":")[-2])
+    processes.stop()
+    assert processes.running[0][1].returncode == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(controller_pid, 0)
 
 
 # --- manual approval --------------------------------------------------------------------------------
@@ -356,3 +365,4 @@ def test_on_redis_a_failing_webhook_receiver_never_delays_the_rollback(make_proc
     for attempt in attempts:
         check_signed(attempt)
     assert "looking every 0.5s" in processes.log("controller")
+    assert "rollout controller" not in processes.log("serve")  # --no-controller
