@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,14 @@ def show(value: Any) -> str:
         return "(empty)"
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 1] + "…"
+
+
+def show_field(path: str, value: Any) -> str:
+    """`show`, with times (`..._at` fields, epoch seconds) as UTC dates."""
+    name = path.rsplit(".", 1)[-1]
+    if name.endswith("_at") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _dt.datetime.fromtimestamp(value, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return show(value)
 
 
 def show_items(items: tuple[Any, ...]) -> str:

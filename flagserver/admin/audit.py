@@ -46,4 +46,4 @@ def audit() -> Response:
     older = None if exhausted or not entries else entries[-1]["id"]
     return Response(render_template(
         "admin_audit.html", rows=rows, environment=env, key=key or "", show_ticks=show_ticks, older=older,
-        before=before, show=_diff.show, show_items=_diff.show_items, page="audit"))
+        before=before, show_field=_diff.show_field, show_items=_diff.show_items, page="audit"))
