@@ -280,3 +280,73 @@ def test_the_audit_diff_names_fields_and_list_items() -> None:
     assert changes["rules[0].segments"].added_items == ("z",)
     assert changes["rules[0].segments"].removed_items == ("x",)
     assert changes["tags"].kind == "added"
+
+
+# -- rollouts ---------------------------------------------------------------------------------------
+
+ROLLOUT = f"{FLAGS}/search-v2/rollout"
+
+
+def test_a_plan_is_checked_field_by_field_and_saved(app: Flask, client: FlaskClient, csrf: str) -> None:
+    create_flag(app, "search-v2")
+    bad = {"csrf_token": csrf, "stages[0].percentage": "50", "stages[1].percentage": "40",
+           "guardrails[0].event": "checkout", "guardrails[0].kind": "conversion", "mode": "manual"}
+    response = client.post(f"{ROLLOUT}/plan", data=bad)
+    assert response.status_code == 422
+    assert re.search(r'id="f-stages-1-percentage-error">.*greater than the previous', response.text, re.S)
+    assert store_of(app).get_rollout("production", "search-v2") is None
+    good = {**bad, "stages[1].percentage": "100", "stages[0].min_duration_seconds": "0",
+            "stages[0].min_users_per_arm": "0"}
+    assert client.post(f"{ROLLOUT}/plan", data=good).status_code == 302
+    plan = store_of(app).get_rollout("production", "search-v2")["plan"]
+    assert [s["percentage"] for s in plan["stages"]] == [50, 100] and plan["mode"] == "manual"
+    assert plan["stages"][1]["min_duration_seconds"] == 600  # a blank box takes the default
+
+
+def test_people_start_pause_resume_and_approve_a_rollout(app: Flask, client: FlaskClient, csrf: str) -> None:
+    from flagserver.rollout.controller import Controller
+    from tests.browser.seed import record_split
+
+    store = store_of(app)
+    create_flag(app, "search-v2")
+    client.post(f"{ROLLOUT}/plan", data={
+        "csrf_token": csrf, "stages[0].percentage": "50", "stages[0].min_duration_seconds": "0",
+        "stages[0].min_users_per_arm": "0", "stages[0].margin": "0.3", "stages[1].percentage": "100",
+        "guardrails[0].event": "checkout", "guardrails[0].kind": "conversion", "mode": "manual"})
+
+    def act(action: str, **extra: str) -> str:
+        response = client.post(f"{ROLLOUT}/{action}", data={"csrf_token": csrf, **extra})
+        assert response.status_code == 302
+        return client.get(ROLLOUT).text
+
+    assert "running at 50%" in act("start")
+    assert store.get_flag("production", "search-v2")["rollout"] == 50
+    assert "Rollout of search-v2: paused" in act("pause")
+    assert "Rollout of search-v2: running" in act("resume")
+    page = act("approve")  # not waiting for approval yet: refused, with the reason
+    assert "not waiting for approval" in page
+    record_split(store, "production", "search-v2", control=1000, canary=1000, event="checkout",
+                 control_rate=0.3, canary_rate=0.3)
+    decision = Controller(store).run_once(app.config["CLOCK"]() + 60)[0][2]
+    assert decision.action == "wait_for_approval", decision.reason
+    assert "Approve promotion" in client.get(ROLLOUT).text
+    page = act("approve")
+    assert "Rollout of search-v2: completed" in page
+    assert store.get_flag("production", "search-v2")["rollout"] == 100
+    assert "promoted to 100%: approved by test-admin" in page
+
+
+def test_rolling_back_asks_first_when_javascript_did_not(app: Flask, client: FlaskClient, csrf: str) -> None:
+    create_flag(app, "search-v2")
+    stages = {f"stages[{i}].percentage": str(p) for i, p in enumerate((5, 25, 50, 100))}
+    saved = client.post(f"{ROLLOUT}/plan", data={"csrf_token": csrf, "guardrails[0].event": "checkout",
+                                                 "guardrails[0].kind": "conversion", **stages})
+    assert saved.status_code == 302
+    assert client.post(f"{ROLLOUT}/start", data={"csrf_token": csrf}).status_code == 302
+    step = client.post(f"{ROLLOUT}/rollback", data={"csrf_token": csrf})
+    assert step.status_code == 200 and "The flag goes back to 0% now" in step.text
+    assert store_of(app).get_flag("production", "search-v2")["rollout"] == 5
+    done = client.post(f"{ROLLOUT}/rollback", data={"csrf_token": csrf, "confirmed": "1"})
+    assert done.status_code == 302
+    assert store_of(app).get_flag("production", "search-v2")["rollout"] == 0
+    assert client.post(f"{ROLLOUT}/explode", data={"csrf_token": csrf}).status_code == 404

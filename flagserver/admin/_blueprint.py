@@ -152,17 +152,15 @@ def environments() -> list[dict[str, Any]]:
     return g.admin_environments  # type: ignore[no-any-return]
 
 
-_static_versions: dict[str, str] = {}
-
-
 def static_url(filename: str) -> str:
     """The URL of a static file with a content hash, so browsers never run stale JS."""
-    version = _static_versions.get(filename)
+    versions: dict[str, str] = current_app.extensions.setdefault("flagserver.admin_static", {})
+    version = versions.get(filename)
     if version is None:
         path = os.path.join(bp.static_folder or "", filename)
         with open(path, "rb") as f:
             version = hashlib.sha256(f.read()).hexdigest()[:10]
-        _static_versions[filename] = version
+        versions[filename] = version
     return url_for("admin.static", filename=filename, v=version)
 
 
