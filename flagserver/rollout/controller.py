@@ -132,7 +132,9 @@ class RolloutService:
             flag_stages = (*flag_stages, latest)
             if decision.action == "promote" and plan_state.stage_index == len(rollout.config.stages) - 1:
                 plan_state = plan_state.with_status("completed", f"reached {value}%", now)
-        action = f"rollout.{decision.action}" if decision.action != "hold" else "rollout.tick"
+        # A hold only carries the statistics' state forward: the decision log has it, and an
+        # audit entry every interval would bury people's changes.
+        action = f"rollout.{decision.action}" if decision.action != "hold" else None
         record = self.store.put_rollout(rollout.environment, rollout.flag, rollout.config.to_dict(),
                                         rollout.state_record(plan_state, flag_stages),
                                         expected_version=rollout.version, actor=actor, action=action)

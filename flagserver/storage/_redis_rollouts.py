@@ -51,7 +51,7 @@ class RedisRollouts(RedisBase):
 
     @translated
     def put_rollout(self, env: str, flag: str, plan: Record, state: Record, *,
-                    expected_version: int | None, actor: str, action: str) -> Record:
+                    expected_version: int | None, actor: str, action: str | None) -> Record:
         """Create (`expected_version` None) or replace at `expected_version`, with
         its audit entry, in one transaction. Raises `NotFound` (environment, flag;
         rollout when replacing none), `AlreadyExists` or `VersionConflict`,
@@ -76,7 +76,8 @@ class RedisRollouts(RedisBase):
                       "version": 1 if before is None else before["version"] + 1, "updated_at": self._clock()}
             after = {"environment": env, "flag": flag, **stored}
             command = ("HSET", keys.rollouts(env), flag, dumps(stored))
-            return Write(after, self._audit(actor, action, env, "rollout", flag, before, after), [command])
+            audit = self._audit(actor, action, env, "rollout", flag, before, after) if action is not None else None
+            return Write(after, audit, [command])
 
         # flagdefs: a delete of the flag (which drops its rollouts) makes this plan again.
         return self._tx.write(  # type: ignore[no-any-return]

@@ -49,7 +49,7 @@ class Write:
     environments whose config document it changes, and what the store returns."""
 
     result: Any
-    audit: Record
+    audit: Record | None  # None: a routine state update that is not audited
     commands: list[tuple[Any, ...]] = field(default_factory=list)
     changed_envs: list[str] = field(default_factory=list)
 
@@ -98,10 +98,11 @@ class Transactor:
                     for env in write.changed_envs:
                         pipe.incr(keys.config_version(env))
                     entry = write.audit
-                    audit_keys = [keys.audit_seq, keys.audit, keys.audit_by_target(entry["target_key"])]
-                    if entry["environment"] is not None:
-                        audit_keys.append(keys.audit_by_env(entry["environment"]))
-                    pipe.eval(APPEND_AUDIT, len(audit_keys), *audit_keys, dumps(entry))
+                    if entry is not None:
+                        audit_keys = [keys.audit_seq, keys.audit, keys.audit_by_target(entry["target_key"])]
+                        if entry["environment"] is not None:
+                            audit_keys.append(keys.audit_by_env(entry["environment"]))
+                        pipe.eval(APPEND_AUDIT, len(audit_keys), *audit_keys, dumps(entry))
                     for env in write.changed_envs:
                         pipe.publish(keys.config_channel, env)
                     pipe.execute()

@@ -49,7 +49,7 @@ class SQLiteRollouts(SQLiteBase):
             return self._rollout(conn, env, flag)
 
     def put_rollout(self, env: str, flag: str, plan: Record, state: Record, *,
-                    expected_version: int | None, actor: str, action: str) -> Record:
+                    expected_version: int | None, actor: str, action: str | None) -> Record:
         """Create (`expected_version` None) or replace at `expected_version`, with
         its audit entry. Raises `NotFound` (environment, flag; rollout when
         replacing none), `AlreadyExists` or `VersionConflict`, writing nothing."""
@@ -77,7 +77,8 @@ class SQLiteRollouts(SQLiteBase):
                 if cursor.rowcount != 1:
                     raise VersionConflict("rollout", flag, before["version"])
             after = self._rollout(conn, env, flag)
-            self._audit(conn, actor, action, env, ("rollout", flag), before, after)
+            if action is not None:
+                self._audit(conn, actor, action, env, ("rollout", flag), before, after)
         assert after is not None
         return after
 

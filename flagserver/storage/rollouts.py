@@ -28,12 +28,14 @@ class RolloutStore(Protocol):
         """Raises NotFound for an unknown environment or flag."""
 
     def put_rollout(self, env: str, flag: str, plan: Record, state: Record, *,
-                    expected_version: int | None, actor: str, action: str) -> Record:
+                    expected_version: int | None, actor: str, action: str | None) -> Record:
         """Create (`expected_version=None`: only if absent, else AlreadyExists) or
         replace at `expected_version` (else VersionConflict; NotFound("rollout")
         when there is none to replace). Audited as `action` (e.g. "rollout.start"),
         target_type "rollout", target_key the flag, with the records before and
-        after. Raises NotFound for an unknown environment or flag."""
+        after; `action=None` writes no audit entry (the controller's routine state
+        after a hold, which the decision log records). Raises NotFound for an
+        unknown environment or flag."""
 
     def list_rollouts(self, env: str | None = None) -> list[Record]:
         """Every rollout (of `env`, or of all environments), for the controller and
