@@ -309,7 +309,8 @@ def test_every_action_and_state_change_is_in_the_audit_log(app, client, admin, s
     for action in ("start", "pause", "resume"):
         act(client, admin, action)
     clock.now += 60
-    Controller(store, holder="test").run_once(clock.now)  # the controller's look is audited too
+    looked = Controller(store, holder="test").run_once(clock.now)
+    assert looked is not None and [d.action for _, _, d in looked] == ["hold"]
     act(client, admin, "rollback")
 
     response = client.get("/api/v1/audit?key=f", headers=admin)
@@ -318,11 +319,14 @@ def test_every_action_and_state_change_is_in_the_audit_log(app, client, admin, s
     rollout = [(e["action"], e["actor"]) for e in entries if e["target_type"] == "rollout"]
     assert rollout == [("rollout.plan", "admin:test-admin"), ("rollout.start", "admin:test-admin"),
                        ("rollout.pause", "admin:test-admin"), ("rollout.resume", "admin:test-admin"),
-                       ("rollout.tick", "controller"), ("rollout.rollback", "admin:test-admin")]
+                       ("rollout.rollback", "admin:test-admin")]
     statuses = [(e["before"] or {}).get("state", {}).get("plan_state") for e in entries
                 if e["target_type"] == "rollout"]
-    assert [s and s["status"] for s in statuses] == [None, None, "running", "paused", "running", "running"]
+    assert [s and s["status"] for s in statuses] == [None, None, "running", "paused", "running"]
     assert entries[-1]["after"]["state"]["plan_state"]["status"] == "rolled_back"
+    # The controller's hold changed no status: the decision log has it, the audit log does not.
+    assert [(d["action"], d["actor"]) for d in store.list_decisions("production", "f")][:2] == [
+        ("rollback", "admin:test-admin"), ("hold", "controller")]
     # The flag's own changes: created, started at 5%, rolled back to 0%, each by the person.
     flag_changes = [(e["action"], e["after"]["rollout"], e["actor"]) for e in entries if e["target_type"] == "flag"]
     assert flag_changes == [("create", 0, "admin:test-admin"), ("update", 5, "admin:test-admin"),
