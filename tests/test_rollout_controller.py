@@ -337,9 +337,6 @@ def test_a_change_by_hand_while_the_controller_decides_wins(client, admin, store
     assert percentage_of(store) == 40
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: RolloutService.apply moves the flag before writing the rollout at its version; a "
-                          "concurrent pause is overridden (see the docstring)")
 def test_a_pause_while_the_controller_promotes_wins(client, admin, store, clock, controller, monkeypatch):
     """BUG: `RolloutService.apply` moves the flag before it writes the rollout at its
     version, so a person's pause that lands while the controller decides leaves the
@@ -361,9 +358,6 @@ def test_a_pause_while_the_controller_promotes_wins(client, admin, store, clock,
     assert percentage_of(store) == 5, "the flag was promoted under a plan a person had paused"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: RolloutService.apply drops the rollback's decision and notice when the rollout "
-                          "changed meanwhile (see the docstring)")
 def test_a_rollback_while_a_person_pauses_is_still_recorded(client, admin, store, clock, controller, notices,
                                                             monkeypatch):
     """BUG (same cause): a rollback that meets a person's concurrent pause moves the flag
@@ -543,9 +537,6 @@ def test_a_plan_that_starts_at_its_last_stage_completes_at_the_first_look(client
     assert notices.sent[-1][0] == "rollout.completed"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: a rollout that reaches its last stage by a promotion notifies rollout.promoted "
-                          "only, never rollout.completed")
 def test_reaching_100_percent_is_notified_as_a_completion(client, admin, store, clock, controller, notices):
     start(client, admin, stages=[{"percentage": 50, "margin": 0.3}, {"percentage": 100}])
     traffic = Traffic(store)

@@ -13,7 +13,7 @@ from flask.typing import ResponseReturnValue
 from ..api.stats import stage_report
 from ..rollout import RolloutPlanSchema
 from ..rollout.actions import ACTIONS, act, describe, put_plan
-from ..rollout.controller import Rollout, RolloutService
+from ..rollout.controller import Rollout, RolloutService, plan_stages
 from ..rollout.plan import DEFAULT_PERCENTAGES, DEFAULT_SOAK_INTERVALS, default_margin
 from ..writes import read_flag
 from . import _charts, _forms
@@ -73,12 +73,9 @@ def ladder(rollout: Rollout | None) -> list[dict[str, Any]]:
 def evidence(env: str, key: str, flag: dict[str, Any], rollout: Rollout | None) -> list[dict[str, Any]]:
     """Stage reports (newest first): the plan's stages, or the flag's current stage
     when there is no plan yet; with the current flag stage first."""
-    stages = store().list_stages(env, key)
+    stages = plan_stages(store(), rollout) if rollout and rollout.flag_stages else store().list_stages(env, key)[-1:]
     by_number = {s["stage"]: s for s in stages}
-    numbers = [n for n in (rollout.flag_stages if rollout else ()) if n in by_number]
-    if stages and (not numbers or numbers[-1] != stages[-1]["stage"]):
-        numbers.append(stages[-1]["stage"])
-    numbers = numbers[-MAX_STAGES_SHOWN:]
+    numbers = list(by_number)[-MAX_STAGES_SHOWN:]
     guardrails = [g.event for g in rollout.config.guardrails] if rollout else []
     kinds = {g.event: g.kind for g in rollout.config.guardrails} if rollout else {}
     reports = []

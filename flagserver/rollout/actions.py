@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import APIError
 from ..storage import VersionConflict
 from ..writes import change_flag, read_flag
-from .controller import ACTIVE_STATUSES, Rollout, RolloutService
+from .controller import ACTIVE_STATUSES, Rollout, RolloutService, plan_stages
 from .plan import PlanConfig, RolloutPlan
 from .policy import Decision, approve, resume
 from .state import PlanState
@@ -113,8 +113,7 @@ def _store(service: RolloutService, rollout: Rollout, decision: Decision, flag_s
                                        expected_version=rollout.version, actor=actor,
                                        action=f"rollout.{decision.action}")
     service.record(rollout, decision, now, actor)
-    if decision.notify:
-        service.notify(rollout, decision, decision.state, now)
+    service.notify(rollout, decision, decision.state, now)
     return Rollout.from_record(record)
 
 
@@ -131,6 +130,6 @@ def describe(service: RolloutService, rollout: Rollout, decisions_limit: int = 5
         "stage_index": state.stage_index if state is not None else None,
         "stages": stages,
         "state": state.to_dict() if state is not None else None,
-        "flag_stages": list(rollout.flag_stages),
+        "flag_stages": [s["stage"] for s in plan_stages(service.store, rollout)] if state is not None else [],
         "decisions": service.store.list_decisions(rollout.environment, rollout.flag, limit=decisions_limit),
     }

@@ -2,7 +2,8 @@
 `decide`, and applies what it says through the same versioned writes as a person.
 
 A rollout record's `state` is `{"plan_state": <PlanState dict> | None (a draft),
-"flag_stages": [the flag's stage numbers, one per plan stage entered]}`. Exactly one
+"flag_stages": [the flag's stage at which the rollout started]}`; the plan's stages
+are the flag's stages from there on. Exactly one
 controller acts at a time: `run_once` first takes (or renews) a lease in the store.
 Time comes in as `now`, so tests drive the clock.
 """
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 LEASE_NAME = "rollout-controller"
 CONTROLLER_ACTOR = "controller"
 ACTIVE_STATUSES = ("running", "waiting_for_approval")
+WEBHOOK_EVENTS = {
+    "start": "rollout.started", "promote": "rollout.promoted", "rollback": "rollout.rolled_back",
+    "pause": "rollout.paused", "resume": "rollout.resumed", "abort": "rollout.aborted",
+    "wait_for_approval": "rollout.waiting_for_approval", "complete": "rollout.completed",
+}
 _NUMBER = re.compile(r"[-+−]?\d[\d,.]*%?")
 
 
@@ -68,15 +74,20 @@ def stage_percentage(rollout: Any) -> float:
     return float(rollout) if isinstance(rollout, (int, float)) else -1.0
 
 
+def plan_stages(store: Store, rollout: Rollout) -> list[dict[str, Any]]:
+    """The flag's stages that are the plan's, oldest first: those since the rollout
+    started at one of the plan's percentages, and the current one whatever it is (when
+    a person moved the flag off the plan, `decide` sees the mismatch and pauses)."""
+    first = rollout.flag_stages[0] if rollout.flag_stages else None
+    since = [s for s in store.list_stages(rollout.environment, rollout.flag) if first is None or s["stage"] >= first]
+    planned = {stage.percentage for stage in rollout.config.stages}
+    return [s for s in since[:-1] if s["enabled"] and stage_percentage(s["rollout"]) in planned] + since[-1:]
+
+
 def gather_stats(store: Store, rollout: Rollout, flag: dict[str, Any]) -> RolloutStats:
-    """The randomized counts of the plan's stages; when the flag has moved to a stage
-    the plan did not make (a person changed it), that stage comes last, so `decide`
-    sees the mismatch."""
-    stages = {s["stage"]: s for s in store.list_stages(rollout.environment, rollout.flag)}
-    numbers = [n for n in rollout.flag_stages if n in stages]
-    latest = max(stages) if stages else None
-    if latest is not None and (not numbers or numbers[-1] != latest):
-        numbers.append(latest)
+    """The randomized counts of the plan's stages (`plan_stages`)."""
+    stages = {s["stage"]: s for s in plan_stages(store, rollout)}
+    numbers = list(stages)
     control, canary = flag["variants"][0], flag["variants"][-1]
     events = [g.event for g in rollout.config.guardrails]
 
@@ -94,6 +105,12 @@ def gather_stats(store: Store, rollout: Rollout, flag: dict[str, Any]) -> Rollou
     return RolloutStats(tuple(out))
 
 
+def _percent(value: Any) -> float | int:
+    """A percentage as the flag stores it: 25, not 25.0."""
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
 def decision_key(decision: Decision) -> str:
     """What a decision says with its figures left out: holds that only update their
     numbers replace each other in the log instead of piling up."""
@@ -102,8 +119,12 @@ def decision_key(decision: Decision) -> str:
 
 class RolloutService:
     """Applies decisions and people's actions to rollouts (shared by the controller,
-    the API and the CLI). Raises the store's errors; never leaves a flag change
-    unrecorded when it can help it: the flag moves first, then the plan's state."""
+    the API and the CLI). Raises the store's errors.
+
+    Who wins a race: a promotion yields to anything a person does meanwhile (the
+    plan's new state is written first, at its version, and only then the flag); a
+    rollback yields to nothing (the flag goes back first, then the plan's state is
+    written whatever a person did to it meanwhile)."""
 
     def __init__(self, store: Store, webhooks: WebhookSender | None = None) -> None:
         self.store = store
@@ -117,30 +138,58 @@ class RolloutService:
 
     def apply(self, rollout: Rollout, decision: Decision, now: float, actor: str,
               flag_version: int | None = None) -> Rollout:
-        """Carry out `decision`: move the flag when it says so, store the new state and
-        the decision, notify. Raises VersionConflict when the flag or the rollout
-        changed since they were read (the caller re-reads; a person's change wins)."""
-        flag_stages = rollout.flag_stages
-        plan_state = decision.state
+        """Carry out `decision`: store the new state, move the flag when it says so,
+        record the decision, notify. Raises VersionConflict when a promotion (or a
+        hold) finds the rollout changed since it was read: a person's change wins."""
         target = decision.numbers.get("target_percentage")
-        if decision.action in ("promote", "rollback") and target is not None:
-            value: float | int = int(target) if float(target).is_integer() else target
-            # A promotion yields to a person's concurrent change; a rollback never waits for one.
-            change_flag(self.store, rollout.environment, rollout.flag, {"rollout": value, "enabled": True},
-                        actor=actor, expected_version=flag_version if decision.action == "promote" else None)
-            latest = self.store.list_stages(rollout.environment, rollout.flag)[-1]["stage"]
-            flag_stages = (*flag_stages, latest)
-            if decision.action == "promote" and plan_state.stage_index == len(rollout.config.stages) - 1:
-                plan_state = plan_state.with_status("completed", f"reached {value}%", now)
+        moves_flag = decision.action in ("promote", "rollback") and target is not None
+        if target is not None and decision.action == "rollback":
+            return self._roll_back(rollout, decision, float(target), now, actor)
+        plan_state = decision.state
+        if decision.action == "promote" and plan_state.stage_index == len(rollout.config.stages) - 1:
+            plan_state = plan_state.with_status("completed", f"reached {_percent(target)}%", now)
         # A hold only carries the statistics' state forward: the decision log has it, and an
         # audit entry every interval would bury people's changes.
         action = f"rollout.{decision.action}" if decision.action != "hold" else None
         record = self.store.put_rollout(rollout.environment, rollout.flag, rollout.config.to_dict(),
-                                        rollout.state_record(plan_state, flag_stages),
+                                        rollout.state_record(plan_state, rollout.flag_stages),
                                         expected_version=rollout.version, actor=actor, action=action)
+        if moves_flag:
+            try:
+                change_flag(self.store, rollout.environment, rollout.flag,
+                            {"rollout": _percent(target), "enabled": True}, actor=actor,
+                            expected_version=flag_version)
+            except VersionConflict:
+                # A person changed the flag meanwhile: their change stands, the plan goes
+                # back to where it was, and the next look pauses, saying why.
+                try:
+                    self.store.put_rollout(rollout.environment, rollout.flag, rollout.config.to_dict(),
+                                           rollout.state_record(rollout.plan_state, rollout.flag_stages),
+                                           expected_version=record["version"], actor=actor, action=None)
+                except VersionConflict:
+                    pass  # and a person changed the plan too: theirs stands
+                raise
         self.record(rollout, decision, now, actor)
-        if decision.notify or decision.action in ("promote", "rollback", "pause", "wait_for_approval", "complete"):
-            self.notify(rollout, decision, plan_state, now)
+        self.notify(rollout, decision, plan_state, now)
+        return Rollout.from_record(record)
+
+    def _roll_back(self, rollout: Rollout, decision: Decision, target: float, now: float, actor: str) -> Rollout:
+        change_flag(self.store, rollout.environment, rollout.flag, {"rollout": _percent(target), "enabled": True},
+                    actor=actor)
+        plan_state = decision.state
+        while True:
+            try:
+                record = self.store.put_rollout(rollout.environment, rollout.flag, rollout.config.to_dict(),
+                                                rollout.state_record(plan_state, rollout.flag_stages),
+                                                expected_version=rollout.version, actor=actor,
+                                                action="rollout.rollback")
+                break
+            except VersionConflict:  # a person acted meanwhile: the flag is back all the same
+                rollout = self.load(rollout.environment, rollout.flag)
+                if rollout.plan_state is not None:
+                    plan_state = rollout.plan_state.with_status("rolled_back", decision.state.status_reason, now)
+        self.record(rollout, decision, now, actor)
+        self.notify(rollout, decision, plan_state, now)
         return Rollout.from_record(record)
 
     def record(self, rollout: Rollout, decision: Decision, now: float, actor: str) -> None:
@@ -153,11 +202,18 @@ class RolloutService:
         }, replace_last=replace_last)
 
     def notify(self, rollout: Rollout, decision: Decision, plan_state: PlanState, now: float) -> None:
+        """Tell the webhooks about promotions, rollbacks, pauses, waits, completions and
+        anything `decide` asks to be told (a stage held too long)."""
         if self.webhooks is None:
             return
-        event = {"promote": "rollout.promoted", "rollback": "rollout.rolled_back", "pause": "rollout.paused",
-                 "wait_for_approval": "rollout.waiting_for_approval", "complete": "rollout.completed",
-                 }.get(decision.action, "rollout.notice")
+        if plan_state.status == "completed" and decision.action in ("promote", "complete"):
+            event = "rollout.completed"
+        elif decision.action in WEBHOOK_EVENTS:
+            event = WEBHOOK_EVENTS[decision.action]
+        elif decision.notify:
+            event = "rollout.notice"
+        else:
+            return
         self.webhooks.send(event, {"environment": rollout.environment, "flag": rollout.flag, "at": now,
                                    "action": decision.action, "reason": decision.reason,
                                    "status": plan_state.status, "stage_index": plan_state.stage_index,

@@ -37,6 +37,8 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 def verify(secret: str, header: str, body: bytes, *, now: float, tolerance: float = 300) -> bool:
     """Whether `header` signs `body` with `secret` within `tolerance` seconds of `now`."""
+    if not header.isascii():
+        return False
     try:
         parts = dict(item.split("=", 1) for item in header.split(","))
         timestamp = int(parts["t"])
@@ -48,7 +50,8 @@ def verify(secret: str, header: str, body: bytes, *, now: float, tolerance: floa
 
 
 class WebhookSender:
-    """Delivers events to `urls` in the background. `send` never blocks or raises."""
+    """Delivers events to `urls` in the background, one queue and thread per URL so
+    that a failing receiver never holds up another. `send` never blocks or raises."""
 
     def __init__(self, urls: Sequence[str], secret: str, *, timeout: float = 5.0, attempts: int = 4,
                  backoff: float = 0.5, capacity: int = 1000) -> None:
@@ -57,10 +60,12 @@ class WebhookSender:
         self._timeout = timeout
         self._attempts = attempts
         self._backoff = backoff
-        self._queue: queue.Queue[tuple[str, bytes, str] | None] = queue.Queue(maxsize=capacity)
+        self._capacity = capacity
+        self._queues: dict[str, queue.Queue[tuple[bytes, str] | None]] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._session = requests.Session()
-        self._thread: threading.Thread | None = None
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
@@ -69,29 +74,43 @@ class WebhookSender:
         """Queue `payload` (with `event`, `id` and `sent_at` added) for every URL."""
         if not self.urls or self._stopping.is_set():
             return
-        body = json.dumps({"event": event, "id": uuid.uuid4().hex, "sent_at": time.time(), **payload}).encode()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="flagserver.webhooks", daemon=True)
-            self._thread.start()
+        try:
+            body = json.dumps({"event": event, "id": uuid.uuid4().hex, "sent_at": time.time(), **payload},
+                              allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            self.dropped += len(self.urls)
+            log.warning("webhook %s not sent: its payload is not JSON (%s)", event, exc)
+            return
         for url in self.urls:
             try:
-                self._queue.put_nowait((url, body, event))
+                self._queue(url).put_nowait((body, event))
             except queue.Full:
                 self.dropped += 1
                 log.warning("webhook queue full: dropped %s for %s", event, url)
 
-    def _run(self) -> None:
+    def _queue(self, url: str) -> queue.Queue[tuple[bytes, str] | None]:
+        with self._lock:
+            if url not in self._queues:
+                self._queues[url] = queue.Queue(maxsize=self._capacity)
+                thread = threading.Thread(target=self._run, args=(url, self._queues[url]),
+                                          name="flagserver.webhooks", daemon=True)
+                self._threads[url] = thread
+                thread.start()
+            return self._queues[url]
+
+    def _run(self, url: str, items: queue.Queue[tuple[bytes, str] | None]) -> None:
         while True:
-            item = self._queue.get()
+            item = items.get()
             if item is None:
                 return
             try:
-                self._deliver(*item)
+                self._deliver(url, *item)
             except Exception:  # one bad delivery must not stop the others
                 log.exception("webhook delivery crashed")
 
     def _deliver(self, url: str, body: bytes, event: str) -> None:
         delay = self._backoff
+        problem = ""
         for attempt in range(1, self._attempts + 1):
             headers = {"Content-Type": "application/json", "X-Flagserver-Event": event,
                        SIGNATURE_HEADER: sign(self._secret, int(time.time()), body)}
@@ -114,10 +133,18 @@ class WebhookSender:
         log.warning("webhook %s: %s not delivered (%s)", url, event, problem)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Deliver what is queued within `timeout`, then stop."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout)
-            self._stopping.set()
-            self._thread.join(1.0)
+        """Deliver what is queued within `timeout` (retries are cut short), then stop."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            queues, threads = dict(self._queues), dict(self._threads)
+        for items in queues.values():
+            try:
+                items.put(None, timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Full:
+                pass
+        for thread in threads.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._stopping.set()
+        for thread in threads.values():
+            thread.join(1.0)
         self._session.close()
