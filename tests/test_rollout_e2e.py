@@ -234,7 +234,7 @@ def test_a_harmful_release_is_rolled_back_and_the_sdk_stops_serving_it(make_proc
         "production", "f", "rolled_back", 0)
     assert payload["reason"] == decision["reason"]
     assert payload["numbers"]["guardrails"]["checkout"]["harm"]["harmful"] is True
-    assert receiver.received()[0].event == "rollout.notice"  # the start, from a web worker
+    assert receiver.received()[0].event == "rollout.started"  # from a web worker
     for request in receiver.received():
         check_signed(request)
     # `serve` ran the controller in a process of its own, and stops it with gunicorn.
@@ -287,7 +287,7 @@ def test_manual_mode_waits_for_approval_then_promotes(make_processes):
 
         wait_for(lambda: receiver.received("rollout.promoted"), timeout=10)
     events = [r.event for r in receiver.received()]
-    assert events == ["rollout.notice", "rollout.waiting_for_approval", "rollout.promoted"]
+    assert events == ["rollout.started", "rollout.waiting_for_approval", "rollout.promoted"]
     for request in receiver.received():
         check_signed(request)
     promoted = receiver.received("rollout.promoted")[0].json()
