@@ -35,17 +35,14 @@ checked here, never by tests.
 from __future__ import annotations
 
 import argparse
-import datetime
 import http.client
 import json
 import multiprocessing
 import os
-import platform
 import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +54,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import (  # noqa: E402 (the sibling module, found through the line above)
+    RESULTS_PATH,
+    common_machine_info,
+    delete_redis_prefix,
+    dist_version,
+    free_port,
+    git_commit,
+    git_has_changes,
+    read_section,
+    section_markers,
+    write_section,
+)
 
 CONFIG_PATH = "/api/v1/sdk/config"
 ENVIRONMENT = "production"
@@ -77,16 +88,9 @@ READY_TIMEOUT_S = 30.0
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 BACKENDS = ("sqlite", "redis")
 
-START_MARKER = "<!-- bench_config:start -->"
-END_MARKER = "<!-- bench_config:end -->"
-RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
-RESULTS_HEADER = """# Benchmark results
-
-Recorded by the benchmarks in this folder. Each benchmark refreshes only its own
-section, between its `<!-- NAME:start -->` and `<!-- NAME:end -->` markers; figures
-are from the machine and the date each section names, so compare rows within one
-section rather than across sections.
-"""
+START_MARKER, END_MARKER = section_markers("bench_config")
+# What follows this marker in the section is written by hand and kept by every re-run.
+FINDINGS_MARKER = "<!-- bench_config:findings -->"
 WRK_INSTALL_HINT = "install wrk for the preferred load generator: apt-get install -y wrk (Debian package `wrk`)"
 
 
@@ -240,32 +244,10 @@ def cleanup(setup: Setup) -> int:
     Returns how many were deleted; SQLite files go with the work folder."""
     if setup.redis_url is None or not setup.redis_prefix:
         return 0
-    import redis
-
-    client = redis.Redis.from_url(setup.redis_url)
-    deleted = 0
-    try:
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=f"{setup.redis_prefix}*", count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                deleted += int(client.delete(*batch))
-                batch.clear()
-        if batch:
-            deleted += int(client.delete(*batch))
-    finally:
-        client.close()
-    return deleted
+    return delete_redis_prefix(setup.redis_url, setup.redis_prefix)
 
 
 # -- the server -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now (the server binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve_command(port: int, workers: int = WORKERS, threads: int = WORKER_THREADS) -> list[str]:
@@ -704,40 +686,16 @@ def measure_backend(backend: str, workdir: Path, *, generator: str, duration_s: 
 # -- reporting ------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _revision() -> str:
     """The commit of the flagserver being measured (the one this Python imports, which
     the server subprocess imports too), and whether its code had changes on top."""
     import flagserver
 
     root = Path(flagserver.__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "flagserver", "sdk/flagsdk"], cwd=root,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+    head, changed = git_commit(root), git_has_changes(("flagserver", "sdk/flagsdk"), root)
+    if head is None or changed is None:
         return f"unknown (flagserver imported from {root}, not a git checkout)"
-    return f"commit {head}" + (" with uncommitted changes to flagserver/ or sdk/" if dirty else "")
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "unknown"
+    return f"commit {head}" + (" with uncommitted changes to flagserver/ or sdk/" if changed else "")
 
 
 def _wrk_version() -> str:
@@ -763,15 +721,14 @@ def _redis_version(url: str) -> str:
 
 
 def machine_info(redis_url: str = DEFAULT_REDIS_URL) -> dict[str, str]:
+    """The machine and the code measured: `cpu`, `nproc`, `python`, `date`, `packages`, `wrk`,
+    `redis_server`, `revision`."""
     return {
-        "cpu": _cpu_model(),
-        "nproc": str(os.cpu_count()),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "packages": ", ".join(f"{n} {_dist_version(n)}" for n in ("flask", "werkzeug", "gunicorn", "redis")),
+        **common_machine_info(),
+        "packages": ", ".join(f"{n} {dist_version(n)}" for n in ("flask", "werkzeug", "gunicorn", "redis")),
         "wrk": _wrk_version(),
         "redis_server": _redis_version(redis_url),
         "revision": _revision(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
@@ -871,31 +828,13 @@ def render_section(results: dict[str, BackendResult], machine: dict[str, str], *
     return "\n".join(body)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Put `section` into the file at `path`, replacing only this benchmark's own section
-    (between its markers); create the file with a header if missing."""
-    text = path.read_text(encoding="utf-8") if path.exists() else RESULTS_HEADER
-    pattern = re.compile(re.escape(START_MARKER) + r".*?" + re.escape(END_MARKER), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def existing_findings(path: Path) -> str:
     """The hand-written findings kept in this section (after FINDINGS_MARKER), so that a
     re-run refreshes the figures without dropping the profile and the suggestions."""
-    if not path.exists():
+    section = read_section(path, "bench_config")
+    if section is None or FINDINGS_MARKER not in section:
         return ""
-    text = path.read_text(encoding="utf-8")
-    match = re.search(re.escape(START_MARKER) + r"(.*?)" + re.escape(END_MARKER), text, re.DOTALL)
-    if match is None or FINDINGS_MARKER not in match.group(1):
-        return ""
-    return FINDINGS_MARKER + match.group(1).split(FINDINGS_MARKER, 1)[1].rstrip()
-
-
-FINDINGS_MARKER = "<!-- bench_config:findings -->"
+    return FINDINGS_MARKER + section.split(FINDINGS_MARKER, 1)[1].rstrip()
 
 
 @contextmanager

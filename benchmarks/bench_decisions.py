@@ -32,13 +32,10 @@ Targets (the issue; checked here, never by tests) are listed in TARGETS.
 from __future__ import annotations
 
 import argparse
-import datetime
 import multiprocessing
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -50,6 +47,16 @@ import numpy as np
 from flagsdk import bucket
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import (  # noqa: E402 (the sibling module, found through the line above)
+    RESULTS_PATH,
+    common_machine_info,
+    git_commit,
+    load_average,
+    section_markers,
+    write_section,
+)
+
 from flagserver.rollout import (  # noqa: E402
     ArmCounts,
     PlanConfig,
@@ -71,16 +78,7 @@ PLAN = {"guardrails": [{"event": "checkout_completed", "kind": "conversion"}, {"
 POLICIES = ("sequential", "thresholds", "z-test")
 BASELINE_SOAK = 10
 
-START_MARKER = "<!-- bench_decisions:start -->"
-END_MARKER = "<!-- bench_decisions:end -->"
-RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
-RESULTS_HEADER = """# Benchmark results
-
-Recorded by the benchmarks in this folder. Each benchmark refreshes only its own
-section, between its `<!-- NAME:start -->` and `<!-- NAME:end -->` markers; figures
-are from the machine and the date each section names, so compare rows within one
-section rather than across sections.
-"""
+START_MARKER, END_MARKER = section_markers("bench_decisions")
 
 
 @dataclass(frozen=True)
@@ -390,28 +388,10 @@ def format_targets(report: Report) -> str:
 
 
 def machine_info() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent, check=False).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
-    try:
-        load = f"{os.getloadavg()[0]:.1f}"
-    except OSError:
-        load = "unknown"
-    return {"cpu": cpu, "nproc": str(os.cpu_count()), "python": f"CPython {platform.python_version()}",
-            "load": load,
-            "numpy": np.__version__, "commit": commit,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    """The machine and the code measured: `cpu`, `nproc`, `python`, `date`, `load` (the last
+    minute's), `numpy`, `commit`."""
+    return {**common_machine_info(cpu_fallback=platform.processor() or platform.machine()),
+            "load": load_average(1), "numpy": np.__version__, "commit": git_commit() or "unknown"}
 
 
 def render_section(report: Report, machine: dict[str, str]) -> str:
@@ -451,17 +431,6 @@ def render_section(report: Report, machine: dict[str, str]) -> str:
         f"{report.seeds:,} runs (one binomial standard error).",
         END_MARKER,
     ])
-
-
-def write_section(path: Path, section: str) -> None:
-    """Put `section` into the file at `path`, replacing only this benchmark's own section."""
-    text = path.read_text(encoding="utf-8") if path.exists() else RESULTS_HEADER
-    pattern = re.compile(re.escape(START_MARKER) + r".*?" + re.escape(END_MARKER), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

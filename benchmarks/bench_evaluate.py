@@ -38,15 +38,10 @@ Targets (the issue): `is_enabled` median <= 1 us per call on this machine, and
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import logging
-import os
-import platform
 import random
-import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -57,6 +52,18 @@ from typing import Any
 import mmh3
 from flagsdk import FlagClient
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import (  # noqa: E402 (the sibling module, found through the line above)
+    REPO_ROOT,
+    RESULTS_PATH,
+    common_machine_info,
+    dist_version,
+    git_commit,
+    git_has_changes,
+    section_markers,
+    write_section,
+)
+
 FLAG = "new-checkout"
 SALT = "new-checkout"
 DISABLED_FLAG = "old-checkout"
@@ -65,16 +72,7 @@ UNKNOWN_FLAG = "no-such-flag"
 TARGET_NS = 1_000
 TARGET_RATIO = 2.5
 
-START_MARKER = "<!-- bench_evaluate:start -->"
-END_MARKER = "<!-- bench_evaluate:end -->"
-RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
-RESULTS_HEADER = """# Benchmark results
-
-Recorded by the benchmarks in this folder. Each benchmark refreshes only its own
-section, between its `<!-- NAME:start -->` and `<!-- NAME:end -->` markers; figures
-are from the machine and the date each section names, so compare rows within one
-section rather than across sections.
-"""
+START_MARKER, END_MARKER = section_markers("bench_evaluate")
 
 # For scale: the same flag in established SDKs, configured offline with the same
 # rules, as measured for the issue (not re-measured by this benchmark).
@@ -398,58 +396,24 @@ def format_targets(report: Report) -> str:
     )
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 _MEASURED_CODE = ("sdk/flagsdk/engine", "sdk/flagsdk/client.py")
 
 
 def _engine_revision() -> str:
     """The commit the engine was measured at, and whether sdk/ had changes on top."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", *_MEASURED_CODE],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+    head, changed = git_commit(REPO_ROOT), git_has_changes(_MEASURED_CODE, REPO_ROOT)
+    if head is None or changed is None:
         return "unknown (not a git checkout)"
-    return f"commit {head}" + (" with uncommitted changes to the engine or the client" if dirty else "")
+    return f"commit {head}" + (" with uncommitted changes to the engine or the client" if changed else "")
 
 
 def machine_info() -> dict[str, str]:
+    """The machine and the code measured: `cpu`, `nproc`, `python`, `date`, `mmh3`, `engine`."""
     return {
-        "cpu": _cpu_model(),
-        "nproc": str(os.cpu_count()),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "mmh3": getattr(mmh3, "__version__", "") or _dist_version("mmh3"),
+        **common_machine_info(),
+        "mmh3": getattr(mmh3, "__version__", "") or dist_version("mmh3"),
         "engine": _engine_revision(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def render_section(report: Report, machine: dict[str, str]) -> str:
@@ -490,18 +454,6 @@ def render_section(report: Report, machine: dict[str, str]) -> str:
             END_MARKER,
         ]
     )
-
-
-def write_section(path: Path, section: str) -> None:
-    """Put `section` into the file at `path`, replacing only this benchmark's own
-    section (between its markers); create the file with a header if missing."""
-    text = path.read_text(encoding="utf-8") if path.exists() else RESULTS_HEADER
-    pattern = re.compile(re.escape(START_MARKER) + r".*?" + re.escape(END_MARKER), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

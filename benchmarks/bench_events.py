@@ -33,18 +33,15 @@ Targets are checked here, never by tests.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gzip
 import hashlib
 import http.client
 import json
 import multiprocessing as mp
 import os
-import platform
 import queue
-import re
 import signal
-import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -55,22 +52,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import (  # noqa: E402 (the sibling module, found through the line above)
+    REPO_ROOT,
+    RESULTS_PATH,
+    common_machine_info,
+    delete_redis_prefix,
+    free_port,
+    git_commit,
+    load_average,
+    section_markers,
+    write_section,
+)
+
 FLAG = "bench-checkout"
 BATCH_SIZE = 500
 EXPOSURES_PER_BATCH = 400
 TARGET_REDIS = 50_000
 
-START_MARKER = "<!-- bench_events:start -->"
-END_MARKER = "<!-- bench_events:end -->"
-RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
-RESULTS_HEADER = """# Benchmark results
-
-Recorded by the benchmarks in this folder. Each benchmark refreshes only its own
-section, between its `<!-- NAME:start -->` and `<!-- NAME:end -->` markers; figures
-are from the machine and the date each section names, so compare rows within one
-section rather than across sections.
-"""
-ROOT = Path(__file__).resolve().parent.parent
+START_MARKER, END_MARKER = section_markers("bench_events")
 
 
 # the events
@@ -143,12 +143,6 @@ def _sender(sender: int, port: int, sdk_key: str, n_batches: int, ready: Any, go
 # the server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def flagserver_command() -> list[str]:
     """The `flagserver` command of this interpreter's environment (its console
     script), or the same entry point through `python -c` when it is not installed."""
@@ -160,7 +154,7 @@ def flagserver_command() -> list[str]:
 
 def _cli(env: dict[str, str], *args: str) -> str:
     result = subprocess.run([*flagserver_command(), *args], env=env, capture_output=True,
-                            text=True, timeout=120, cwd=ROOT)
+                            text=True, timeout=120, cwd=REPO_ROOT)
     if result.returncode != 0:
         raise RuntimeError(f"flagserver {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
     return result.stdout
@@ -201,26 +195,6 @@ def _wait_ready(port: int, server: subprocess.Popen[bytes], deadline_seconds: fl
     raise RuntimeError(f"flagserver serve did not answer on port {port} within {deadline_seconds:.0f} s")
 
 
-def delete_redis_prefix(url: str, prefix: str) -> int:
-    """Delete every key under `prefix` (SCAN + DEL, in slices); the number deleted."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    deleted = 0
-    try:
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                deleted += client.delete(*batch)
-                batch.clear()
-        if batch:
-            deleted += client.delete(*batch)
-    finally:
-        client.close()
-    return deleted
-
-
 @dataclass
 class Report:
     backend: str
@@ -259,7 +233,7 @@ def measure(backend: str = "sqlite", *, senders: int = 4, batches_per_sender: in
             threads: int = 4, redis_url: str = "redis://127.0.0.1:6379/15") -> Report:
     """Set up a server, send the load, check the counts, tear everything down."""
     with tempfile.TemporaryDirectory(prefix="bench-events-") as folder:
-        env = {**os.environ, "FLAGSERVER_INSTANCE_PATH": folder, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "FLAGSERVER_INSTANCE_PATH": folder, "PYTHONPATH": str(REPO_ROOT)}
         prefix = None
         if backend == "sqlite":
             env["FLAGSERVER_DATABASE_URL"] = f"sqlite:///{folder}/bench.db"
@@ -275,7 +249,7 @@ def measure(backend: str = "sqlite", *, senders: int = 4, batches_per_sender: in
             server = subprocess.Popen(
                 [*flagserver_command(), "serve", "--host", "127.0.0.1", "--port", str(port),
                  "--workers", str(workers), "--threads", str(threads)],
-                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             try:
                 _wait_ready(port, server)
                 status, body = _request(port, "POST", "/api/v1/envs/production/flags", admin,
@@ -406,24 +380,9 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
 
 
 def machine_info() -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        head = "unknown"
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    import sqlite3
-
-    return {"cpu": cpu, "nproc": str(os.cpu_count()),
-            "python": f"{platform.python_implementation()} {platform.python_version()}",
-            "sqlite": sqlite3.sqlite_version, "commit": head, "load": load,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    """The machine and the code measured: `cpu`, `nproc`, `python`, `date`, `sqlite`, `commit`, `load`."""
+    return {**common_machine_info(), "sqlite": sqlite3.sqlite_version, "commit": git_commit(REPO_ROOT) or "unknown",
+            "load": load_average()}
 
 
 def format_row(report: Report) -> str:
@@ -479,17 +438,6 @@ def render_section(reports: Sequence[Report], machine: dict[str, str], runs: int
         lines.extend(r.notes)
     lines.append(END_MARKER)
     return "\n".join(lines)
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of `path` (between its markers), or append it."""
-    text = path.read_text(encoding="utf-8") if path.exists() else RESULTS_HEADER
-    pattern = re.compile(re.escape(START_MARKER) + r".*?" + re.escape(END_MARKER), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 def median_of(runs: list[Report]) -> Report:

@@ -34,8 +34,6 @@ import argparse
 import gc
 import http.server
 import json
-import os
-import re
 import statistics
 import sys
 import threading
@@ -48,12 +46,11 @@ from typing import Any
 from flagsdk import FlagClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_evaluate import RESULTS_HEADER, machine_info  # noqa: E402 (the sibling script)
+from _results import RESULTS_PATH, load_average, section_markers, write_section  # noqa: E402 (the sibling module)
+from bench_evaluate import machine_info  # noqa: E402 (the same facts: the SDK's engine and its commit)
 
 TARGET_TRACK_NS = 2_000
-START_MARKER = "<!-- bench_sdk_events:start -->"
-END_MARKER = "<!-- bench_sdk_events:end -->"
-RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
+START_MARKER, END_MARKER = section_markers("bench_sdk_events")
 FLAG = "new-checkout"
 CONFIG: dict[str, Any] = {
     "environment": "production",
@@ -262,24 +259,12 @@ def render_section(report: Report, machine: dict[str, str]) -> str:
     ])
 
 
-def write_section(path: Path, section: str) -> None:
-    """Put `section` into `path` between this benchmark's markers, leaving the rest alone."""
-    text = path.read_text(encoding="utf-8") if path.exists() else RESULTS_HEADER
-    pattern = re.compile(re.escape(START_MARKER) + r".*?" + re.escape(END_MARKER), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run; print only")
     args = parser.parse_args(argv)
     report = measure(n_users=2_000, repeats=5) if args.quick else measure()
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    section = render_section(report, {**machine_info(), "load": load})
+    section = render_section(report, {**machine_info(), "load": load_average()})
     print(section)
     if not args.quick:
         write_section(RESULTS_PATH, section)
