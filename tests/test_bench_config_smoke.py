@@ -4,31 +4,14 @@ the report. No timing is checked here: timing goals are the benchmark's business
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+from tests.bench_helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return _load("bench_config")
+    return load_benchmark("bench_config")
 
 
 def test_the_setup_serves_the_realistic_config_and_a_tiny_load_sees_only_200s_and_304s(bench, tmp_path):

@@ -3,30 +3,14 @@ targets are checked here: those are the benchmark's business."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+from tests.bench_helpers import load_benchmark
 
 
 def test_a_tiny_run_gives_the_table_and_does_not_roll_back_a_release_without_effect(tmp_path: Path):
     # Given the benchmark, a small pool of users and two scenarios
-    bench = _load("bench_decisions")
+    bench = load_benchmark("bench_decisions")
     scenarios = [bench.SCENARIOS[0], bench.SCENARIOS[6]]  # A/A, conversion −50%
     assert scenarios[0].lift == 0 and scenarios[0].error_ratio == 1 and scenarios[0].healthy
     assert scenarios[1].lift == -0.5

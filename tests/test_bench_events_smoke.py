@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from flagserver.api.events import parse_batch
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from tests.bench_helpers import BENCHMARKS
 
 
 @pytest.fixture

@@ -3,31 +3,14 @@ timing goals are the benchmarks' business, never the tests'."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+from tests.bench_helpers import load_benchmark
 
 
 def test_bench_evaluate_runs_small_and_its_hand_written_floor_agrees_with_the_client(tmp_path):
     # Given the benchmark module and a tiny population
-    bench = _load("bench_evaluate")
+    bench = load_benchmark("bench_evaluate")
 
     # When it measures 60 users twice (it checks agreement on every user first)
     report = bench.measure(n_users=60, repeats=2)
