@@ -18,18 +18,22 @@ def store() -> Store:
 
 def json_body() -> Any:
     """The parsed JSON body, or a 400 naming the problem (413 comes first for oversized bodies)."""
-    raw = request.get_data(cache=True)
-    if not raw:
-        raise APIError(400, "bad_request", "the request body must be JSON (it is empty)")
-    try:
-        body = json.loads(raw)
-        # JSON may escape lone surrogates, which no storage can encode.
+    body = parse_json(request.get_data(cache=True))
+    try:  # JSON may escape lone surrogates, which no storage can encode.
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise APIError(400, "bad_request", "the request body holds invalid Unicode (a lone surrogate)") from None
+    return body
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse a request body; a 400 for an empty, unreadable or absurdly nested one."""
+    if not raw:
+        raise APIError(400, "bad_request", "the request body must be JSON (it is empty)")
+    try:
+        return json.loads(raw)
     except (ValueError, RecursionError):
         raise APIError(400, "bad_request", "the request body is not valid JSON") from None
-    return body
 
 
 def load(schema: Schema, *, partial: bool | tuple[str, ...] = False, replacing: bool = False) -> dict[str, Any]:

@@ -7,18 +7,18 @@ few and flat. Every error still names the event's index and field.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import zlib
 from typing import Any
 
+from flagsdk.engine.model import is_text
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..errors import APIError, field_error
 from ..sdk_config import ConfigCache
 from ..storage.events import Conversion, Exposure
-from ._common import store
+from ._common import parse_json, store
 from .sdk import sdk_environment
 
 bp = Blueprint("events", __name__, url_prefix="/api/v1/sdk")
@@ -27,6 +27,7 @@ MAX_EVENTS_PER_BATCH = 5_000
 MAX_DECOMPRESSED_BYTES = 8 * 1024 * 1024
 MAX_NAME = 200
 MAX_USER_KEY = 512
+MAX_VERSION = 2**53  # what every JSON reader (and Redis' Lua) holds exactly
 REASONS = frozenset({"DEFAULT", "DISABLED", "TARGETING_MATCH", "SPLIT", "ERROR", "STALE"})
 # Events may be delivered late (an SDK buffers through outages), never from the future.
 OLDEST_EVENT_SECONDS = 30 * 24 * 3600
@@ -47,29 +48,16 @@ def _body() -> Any:
                            f"the batch is over {MAX_DECOMPRESSED_BYTES} bytes uncompressed")
     elif encoding not in ("", "identity"):
         raise APIError(415, "unsupported_media_type", f"Content-Encoding {encoding!r} is not supported; use gzip")
-    if not raw:
-        raise APIError(400, "bad_request", "the request body must be JSON (it is empty)")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise APIError(400, "bad_request", "the request body is not valid JSON") from None
+    return parse_json(raw)
 
 
 def _text(event: dict[str, Any], name: str, where: str, limit: int = MAX_NAME, optional: bool = False) -> Any:
     value = event.get(name)
     if value is None and optional:
         return None
-    if type(value) is not str or not value or len(value) > limit or (not value.isascii() and _bad_unicode(value)):
+    if type(value) is not str or not value or len(value) > limit or not is_text(value):
         raise field_error(f"{where}.{name}", f"must be a non-empty string of at most {limit} characters")
     return value
-
-
-def _bad_unicode(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate, which JSON can escape but storage cannot encode
-        return True
-    return False
 
 
 def _time(event: dict[str, Any], where: str, now: float) -> float:
@@ -77,6 +65,13 @@ def _time(event: dict[str, Any], where: str, now: float) -> float:
     if type(value) not in (int, float) or not (now - OLDEST_EVENT_SECONDS <= value <= now + CLOCK_SKEW_SECONDS):
         raise field_error(f"{where}.at", "must be epoch seconds within the last 30 days")  # NaN fails too
     return float(value)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int no double can hold
+        return False
 
 
 def parse_batch(body: Any, known_flags: Any, now: float) -> tuple[str, list[Exposure], list[Conversion]]:
@@ -112,7 +107,7 @@ def parse_batch(body: Any, known_flags: Any, now: float) -> tuple[str, list[Expo
             if type(randomized) is not bool:
                 raise field_error(f"{where}.randomized", "must be a boolean")
             version = event.get("flag_version")
-            if type(version) is not int or version < 0:
+            if type(version) is not int or not 0 <= version < MAX_VERSION:
                 raise field_error(f"{where}.flag_version", "must be a whole number, 0 or more")
             exposures.append(Exposure(
                 flag=flag, variant=_text(event, "variant", where), rule_id=_text(event, "rule_id", where,
@@ -120,7 +115,7 @@ def parse_batch(body: Any, known_flags: Any, now: float) -> tuple[str, list[Expo
                 reason=reason, randomized=randomized, flag_version=version, user=user, at=at))
         elif kind == "track":
             value = event.get("value")
-            if value is not None and (type(value) not in (int, float) or not math.isfinite(value)):
+            if value is not None and (type(value) not in (int, float) or not _finite(value)):
                 raise field_error(f"{where}.value", "must be a finite number or null")
             conversions.append(Conversion(event=_text(event, "event", where), user=user,
                                           value=None if value is None else float(value), at=at))

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..storage import NotFound, Store, StoreError, VersionConflict
+from ..storage import NotFound, Store, StoreError, StoreUnavailable, VersionConflict
 from ..writes import change_flag, read_flag
 from .inputs import ArmCounts, RolloutStats, StageStats
 from .plan import PlanConfig, RolloutPlan
@@ -260,9 +260,9 @@ class Controller:
             except VersionConflict:
                 log.info("rollout %s/%s changed while deciding; re-read at the next tick",
                          record["environment"], record["flag"])
-            except StoreError:
+            except StoreUnavailable:
                 raise
-            except Exception:  # one broken rollout must not stop the others
+            except Exception:  # one broken (or just deleted) rollout must not stop the others
                 log.exception("rollout %s/%s: tick failed", record.get("environment"), record.get("flag"))
         return done
 

@@ -259,7 +259,13 @@ def check_config(config: PlanConfig) -> dict[str, list[str]]:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number a double can hold (never a boolean, NaN, an infinity or a 400-digit int)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _number(data: Mapping[str, Any], key: str, default: float | None, errors: dict[str, list[str]],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import mmh3
 
 BUCKETS = 10_000
@@ -19,8 +21,21 @@ def bucket(salt: str, value: str) -> int:
     if not text.isascii():
         # mmh3 hashes a str as its UTF-8; a lone surrogate has none (and crashes mmh3 5.3).
         text = text.encode("utf-8", "surrogatepass")  # type: ignore[assignment]
-    h = mmh3.hash(text, 0, False)
+    return bucket_of_hash(mmh3.hash(text, 0, False))
+
+
+def bucket_of_hash(h: int) -> int:
+    """The bucket of an unsigned 32-bit hash of `f"{salt}:{value}"`."""
     return (h % 100) * 100 + (h // 100) % 100
+
+
+def below_line(line: int) -> Callable[[int], bool]:
+    """`h -> bucket_of_hash(h) < line`, for evaluators that hash once per user. A whole
+    percentage needs no bucket at all: `bucket < 100 * p` iff `h % 100 < p`."""
+    high, low = divmod(line, 100)
+    if low == 0:
+        return lambda h: h % 100 < high
+    return lambda h: h % 100 < high or (h % 100 == high and (h // 100) % 100 < low)
 
 
 def threshold(percentage: float) -> int:

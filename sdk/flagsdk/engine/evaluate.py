@@ -15,7 +15,7 @@ from typing import Any
 
 import mmh3
 
-from .bucketing import threshold
+from .bucketing import below_line, bucket_of_hash, threshold
 from .model import Config, Flag, Rollout, Rule, Segment, is_text
 from .operators import ConditionError, InvalidContext, compile_condition
 
@@ -113,15 +113,6 @@ def _bucket_value(user: Mapping[str, Any], bucket_by: str) -> str | None:
     return None
 
 
-def _below_line(line: int) -> Callable[[int], bool]:
-    """`h -> bucket(h) < line` for the 32-bit hash h, without building the bucket
-    when the line is a whole percentage (then `bucket < line` iff `h % 100 < line // 100`)."""
-    high, low = divmod(line, 100)
-    if low == 0:
-        return lambda h: h % 100 < high
-    return lambda h: h % 100 < high or (h % 100 == high and (h // 100) % 100 < low)
-
-
 class CompiledSegment:
     """A segment ready for rules: its listed keys apart, so a rule can test them inline.
 
@@ -141,7 +132,7 @@ class CompiledSegment:
         self.conditions_only = (conditions if not included and not excluded and segment.percentage is None
                                 else None)
         prefix = f"{segment.key}:"
-        below = _below_line(threshold(segment.percentage)) if segment.percentage is not None else None
+        below = below_line(threshold(segment.percentage)) if segment.percentage is not None else None
         bucket_by = segment.bucket_by
 
         def contains(user: Mapping[str, Any], key: str) -> bool:
@@ -189,7 +180,7 @@ class _FlagCompiler:
         no_bucket = self.result(flag.variants[0], DEFAULT)
         if rollout.weights is None:
             assert rollout.percentage is not None
-            below = _below_line(threshold(rollout.percentage))
+            below = below_line(threshold(rollout.percentage))
             on = self.result(flag.variants[-1], SPLIT, rule_id)
             off = self.result(flag.variants[0], SPLIT, rule_id)
             if bucket_by == "key":
@@ -214,8 +205,7 @@ class _FlagCompiler:
             value = key if bucket_by == "key" else _bucket_value(user, bucket_by)
             if value is None:
                 return no_bucket
-            h = mmh3.hash(prefix + value, 0, False)
-            b = (h % 100) * 100 + (h // 100) % 100
+            b = bucket_of_hash(mmh3.hash(prefix + value, 0, False))
             for upper, result in bands:
                 if b < upper:
                     return result
