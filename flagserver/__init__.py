@@ -17,7 +17,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from .auth import TokenVerifier
     from .config import load_config
     from .rollout.controller import RolloutService
-    from .rollout.webhooks import WebhookSender
+    from .rollout.webhooks import WebhookSender, close_at_exit
     from .sdk_config import ConfigCache
     from .storage import open_store
 
@@ -35,6 +35,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     webhooks = None
     if app.config["WEBHOOK_URLS"]:
         webhooks = WebhookSender(app.config["WEBHOOK_URLS"], app.config["WEBHOOK_SECRET"])
+        # A web worker never closes its sender: deliver what rollout actions queued at exit.
+        close_at_exit(webhooks)
     app.extensions["flagserver.webhooks"] = webhooks
     app.extensions["flagserver.rollouts"] = RolloutService(store, webhooks)
     errors.init_app(app)

@@ -1,4 +1,4 @@
-"""The `flagserver` command: serve, init, tokens, flags (and, later, rollouts and the demo)."""
+"""The `flagserver` command: serve, controller, demo, init, tokens, flags and rollout."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import Flask
@@ -18,6 +18,9 @@ from .errors import APIError
 from .storage import Store, StoreError
 from .writes import change_flag
 
+if TYPE_CHECKING:
+    from .rollout.controller import RolloutService
+
 DEFAULT_ENVIRONMENTS = ("production", "staging")
 
 
@@ -27,6 +30,10 @@ def _app() -> Flask:
 
 def _store(app: Flask) -> Store:
     return app.extensions["flagserver.store"]  # type: ignore[no-any-return]
+
+
+def _rollouts(app: Flask) -> RolloutService:
+    return app.extensions["flagserver.rollouts"]  # type: ignore[no-any-return]
 
 
 def _cli_actor() -> str:
@@ -78,15 +85,20 @@ def serve(host: str, port: int, workers: int, threads: int, controller: bool) ->
 @click.option("--poll", default=1.0, show_default=True, type=float, help="seconds between looks")
 @click.option("--parent-pid", default=None, type=int, hidden=True, help="stop when this process is gone")
 def controller_command(poll: float, parent_pid: int | None) -> None:
-    """Run the rollout controller on its own (it waits while another one holds the lease)."""
+    """Run the rollout controller on its own (it waits while another one holds the lease).
+
+    SIGTERM or Ctrl-C stops it after the current look; the webhooks it queued are
+    then delivered (for up to CLOSE_TIMEOUT seconds) before it exits."""
     import signal
     import threading
     import time
 
     from .rollout.controller import Controller
+    from .rollout.webhooks import CLOSE_TIMEOUT
 
     app = _app()
-    controller = Controller(_store(app), webhooks=app.extensions["flagserver.webhooks"])
+    webhooks = _rollouts(app).webhooks
+    controller = Controller(_store(app), webhooks=webhooks)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if parent_pid is not None:
@@ -100,6 +112,11 @@ def controller_command(poll: float, parent_pid: int | None) -> None:
         controller.run_forever(stop, time.time, poll)
     except KeyboardInterrupt:
         pass
+    finally:
+        # The sender's threads are daemons: without this, a rollback's webhook queued
+        # just before SIGTERM would die with the process.
+        if webhooks is not None:
+            webhooks.close(CLOSE_TIMEOUT)
 
 
 @main.command()
@@ -214,16 +231,15 @@ def rollout() -> None:
 
 def _rollout_action(action: str, key: str, environment: str) -> None:
     from .rollout.actions import act
-    from .rollout.controller import RolloutService
+    from .rollout.webhooks import CLOSE_TIMEOUT
 
-    app = _app()
-    service = RolloutService(_store(app), app.extensions["flagserver.webhooks"])
+    service = _rollouts(_app())
     result = _run(lambda: act(service, environment, key, action, actor=_cli_actor(), now=time.time()))
     stage = result.plan_state.stage_index if result.plan_state is not None else None
     where = f" at {result.config.stages[stage].percentage:g}%" if stage is not None else ""
     click.echo(f"{key} in {environment}: {result.status.replace('_', ' ')}{where}")
-    if app.extensions["flagserver.webhooks"] is not None:
-        app.extensions["flagserver.webhooks"].close()
+    if service.webhooks is not None:
+        service.webhooks.close(CLOSE_TIMEOUT)
 
 
 for _action, _help in (("start", "Start the flag's rollout plan at its first stage."),
@@ -248,9 +264,8 @@ for _action, _help in (("start", "Start the flag's rollout plan at its first sta
 def rollout_status(key: str, environment: str, as_json: bool) -> None:
     """Where the rollout stands, and its latest decisions."""
     from .rollout.actions import describe
-    from .rollout.controller import RolloutService
 
-    service = RolloutService(_store(_app()))
+    service = _rollouts(_app())
     rollout_view = _run(lambda: describe(service, service.load(environment, key), decisions_limit=10))
     if as_json:
         click.echo(json.dumps(rollout_view, indent=2))
