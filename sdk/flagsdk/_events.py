@@ -31,38 +31,30 @@ processors still open at exit. Both hooks hold processors weakly.
 
 from __future__ import annotations
 
-import atexit
 import gzip
 import itertools
 import json
 import logging
 import math
-import os
 import random
 import threading
 import time
 import uuid
-import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
+from ._background import MAX_BACKOFF, LiveSet, positive_seconds, retry_delay
 from ._http import (
-    _RETRYABLE_EXCEPTIONS,
     PERMANENT_STATUSES,
     HttpResponse,
     SdkHttp,
     TransportError,
-    _describe,
     check_base_url,
     is_retryable_status,
-    parse_retry_after,
     safe_url,
 )
-from ._sync import backoff_delay
 from .engine.evaluate import ERROR, Evaluation
 
 log = logging.getLogger(__name__)
@@ -74,8 +66,6 @@ DEFAULT_FLUSH_INTERVAL = 5.0
 DEFAULT_DEDUPE_SIZE = 100_000
 CLOSE_TIMEOUT = 2.0
 FLUSH_TIMEOUT = 5.0
-MAX_BACKOFF = 60.0
-MAX_RETRY_AFTER = 600.0
 # The server's limits (flagserver/api/events.py): one event over them refuses the batch.
 MAX_BATCH_SIZE = 5_000
 MAX_NAME = 200
@@ -102,25 +92,6 @@ WireEvent = tuple[str | None, str]
 _json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
-class _EventsHttp(SdkHttp):
-    """`SdkHttp` and a POST of a gzipped JSON body (the same session, auth and timeouts)."""
-
-    def post(self, url: str, body: bytes) -> HttpResponse:
-        """Any HTTP status is returned; a request that gets no answer raises `TransportError`."""
-        try:
-            with self._session.post(url, data=body, headers=_POST_HEADERS, timeout=self._timeout) as response:
-                return HttpResponse(
-                    status=response.status_code,
-                    body=response.content,
-                    etag=None,
-                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                )
-        except _RETRYABLE_EXCEPTIONS as exc:
-            raise TransportError(_describe(exc), retryable=True) from None
-        except requests.RequestException as exc:
-            raise TransportError(_describe(exc), retryable=False) from None
-
-
 @dataclass(slots=True)
 class _Batch:
     """The batch being delivered: it keeps its id and bytes through every retry."""
@@ -135,47 +106,10 @@ class _Batch:
 
 # -- process-wide hooks (fork, exit) ------------------------------------------------------
 
-# The live processors, weakly: a closed or forgotten one drops out by itself. One
-# hook each for fork and exit, registered once, because neither can be unregistered
-# per instance and a hook per client would keep the client alive.
-_live: weakref.WeakSet[EventProcessor] = weakref.WeakSet()
-_live_lock = threading.Lock()
-_hooks_registered = False
-
-
-def _track(processor: EventProcessor) -> None:
-    global _hooks_registered
-    with _live_lock:
-        _live.add(processor)
-        if not _hooks_registered:
-            if hasattr(os, "register_at_fork"):
-                os.register_at_fork(after_in_child=_after_fork_in_child)
-            atexit.register(_close_at_exit)
-            _hooks_registered = True
-
-
-def _untrack(processor: EventProcessor) -> None:
-    with _live_lock:
-        _live.discard(processor)
-
-
-def _after_fork_in_child() -> None:
-    global _live_lock
-    _live_lock = threading.Lock()  # a parent thread may have held the old one at the fork
-    for processor in list(_live):
-        try:
-            processor._after_fork_in_child()
-        except Exception:  # a fork hook must never break the child
-            log.exception("flagsdk: could not restart event reporting after fork")
-
-
-def _close_at_exit() -> None:
-    """A backstop for clients the application did not close: flush what is queued."""
-    for processor in list(_live):
-        try:
-            processor.close()
-        except Exception:
-            log.exception("flagsdk: could not flush events at exit")
+# The live processors, weakly, with one fork hook that restarts them and one exit
+# hook that flushes those the application did not close.
+_live: LiveSet[EventProcessor] = LiveSet(log, fork_failure="flagsdk: could not restart event reporting after fork",
+                                         exit_failure="flagsdk: could not flush events at exit")
 
 
 # -- the processor ---------------------------------------------------------------------------
@@ -207,9 +141,9 @@ class EventProcessor:
         self._sdk_key = sdk_key
         self._capacity = _positive_int(capacity, "event_capacity")
         self._batch_size = min(_positive_int(batch_size, "event_batch_size"), MAX_BATCH_SIZE)
-        self._flush_interval = _positive_seconds(flush_interval, "flush_interval")
+        self._flush_interval = positive_seconds(flush_interval, "flush_interval")
         self._generation_size = max(1, _positive_int(dedupe_size, "exposure_dedupe_size") // 2)
-        self._timeout = _positive_seconds(timeout, "timeout")
+        self._timeout = positive_seconds(timeout, "timeout")
         self._backoff_base = min(1.0, self._flush_interval)
         self._max_backoff = max(MAX_BACKOFF, self._flush_interval)
         self._logged: set[str] = set()
@@ -217,7 +151,7 @@ class EventProcessor:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._new_runtime()
-        _track(self)
+        _live.add(self)
 
     def __repr__(self) -> str:
         return f"<EventProcessor {self._log_url}>"
@@ -375,7 +309,7 @@ class EventProcessor:
             if self._closed:
                 return
             self._closed = True
-        _untrack(self)
+        _live.discard(self)
         with self._lock:
             self._accepting = False
             self._deadline = time.monotonic() + max(0.0, timeout)
@@ -392,12 +326,12 @@ class EventProcessor:
     # -- the thread -------------------------------------------------------------------------
 
     def _spawn(self) -> None:
-        http = _EventsHttp(self._sdk_key, timeout=self._timeout)
+        http = SdkHttp(self._sdk_key, timeout=self._timeout)
         self._thread = threading.Thread(target=self._run, args=(http, self._stop, self._wake),
                                         name="flagsdk.events", daemon=True)
         self._thread.start()
 
-    def _run(self, http: _EventsHttp, stop: threading.Event, wake: threading.Event) -> None:
+    def _run(self, http: SdkHttp, stop: threading.Event, wake: threading.Event) -> None:
         # `http`, `stop` and `wake` are passed in, not read from self, so that this
         # loop keeps to the objects of the process that started it.
         next_tick = time.monotonic() + self._flush_interval
@@ -438,7 +372,7 @@ class EventProcessor:
         finally:
             http.close()
 
-    def _work(self, http: _EventsHttp, now: float, retry_at: float, interval_due: bool, closing: bool) -> float:
+    def _work(self, http: SdkHttp, now: float, retry_at: float, interval_due: bool, closing: bool) -> float:
         """Send what is due; returns when the pending batch may be retried (0: none waits)."""
         while True:
             if self._pending is None:
@@ -533,14 +467,14 @@ class EventProcessor:
                                           "server would refuse were not sent (logged once)", invalid)
         return events
 
-    def _deliver(self, http: _EventsHttp) -> float | None:
+    def _deliver(self, http: SdkHttp) -> float | None:
         """One attempt at the pending batch. Returns None when the batch is settled
         (sent, or given up on), else the seconds to wait before the next attempt."""
         batch = self._pending
         assert batch is not None
         batch.attempts += 1
         try:
-            response = http.post(self._url, batch.body)
+            response = http.request("POST", self._url, data=batch.body, headers=_POST_HEADERS)
         except TransportError as exc:
             if exc.retryable:
                 return self._failed_attempt(batch, str(exc), None)
@@ -578,10 +512,7 @@ class EventProcessor:
         return delay
 
     def _backoff(self, failures: int, retry_after: float | None) -> float:
-        delay = backoff_delay(max(1, failures), base=self._backoff_base, cap=self._max_backoff, rng=self._rng)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
-        return delay
+        return retry_delay(failures, retry_after, base=self._backoff_base, cap=self._max_backoff, rng=self._rng)
 
     def _salvage(self, batch: _Batch, response: HttpResponse) -> bool:
         """A 422 naming `events[i].flag`: that flag is gone from the environment (deleted
@@ -737,8 +668,3 @@ def _positive_int(value: Any, name: str) -> int:
         raise ValueError(f"{name} must be a positive whole number, not {value!r}")
     return value
 
-
-def _positive_seconds(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-    return float(value)

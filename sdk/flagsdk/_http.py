@@ -1,7 +1,8 @@
 """HTTP for the SDK: one `requests.Session` per owner, a timeout on every call, and
 which failures are worth retrying.
 
-Nothing here retries or sleeps; the caller (`_sync.ConfigSync`) owns the schedule.
+Nothing here retries or sleeps; the callers (`_sync.ConfigSync`, `_events.EventProcessor`)
+own the schedule.
 """
 
 from __future__ import annotations
@@ -123,8 +124,9 @@ class SdkHttp:
 
     def request(self, method: str, url: str, *, data: bytes | None = None,
                 headers: dict[str, str] | None = None) -> HttpResponse:
-        """One request on the session with the timeout; statuses are returned, a
-        request without an answer raises `TransportError`."""
+        """One request on the session with the timeout (a POST of events, say); any
+        HTTP status is returned, never raised; a request that gets no answer raises
+        `TransportError`."""
         try:
             with self._session.request(method, url, data=data, headers=headers, timeout=self._timeout) as response:
                 return HttpResponse(

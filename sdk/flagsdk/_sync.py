@@ -19,17 +19,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._background import MAX_BACKOFF, LiveSet, positive_seconds, retry_delay
+from ._background import backoff_delay as backoff_delay  # where it used to live (and tests import it)
 from ._http import (
     PERMANENT_STATUSES,
     HttpResponse,
@@ -44,24 +44,10 @@ log = logging.getLogger(__name__)
 
 CONFIG_PATH = "/api/v1/sdk/config"
 MIN_POLL_INTERVAL = 1.0
-MAX_BACKOFF = 60.0
 # Before the first config, retry soon: the application may be waiting for it.
 FIRST_RETRY = 0.25
-# A server asking for more than this in Retry-After is not obeyed beyond it.
-MAX_RETRY_AFTER = 600.0
 CLOSE_TIMEOUT = 2.0
 CACHE_FORMAT = 1
-
-
-def backoff_delay(failures: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """Seconds to wait after `failures` (>= 1) consecutive failures.
-
-    Exponential with "equal jitter": between half and all of
-    `min(cap, base * 2**failures)`, so clients that failed together spread out
-    while each still waits at least half the nominal delay.
-    """
-    ceiling = min(cap, base * 2.0 ** min(failures, 32))
-    return rng.uniform(ceiling / 2, ceiling)
 
 
 # -- the on-disk cache ------------------------------------------------------------
@@ -135,38 +121,8 @@ class ConfigCache:
 
 # -- fork safety --------------------------------------------------------------------
 
-# The live ConfigSyncs, weakly: a closed or forgotten one drops out by itself. One
-# process-wide fork hook walks them, rather than one hook per instance, because
-# `os.register_at_fork` cannot unregister and would keep a dead hook per client.
-_live: weakref.WeakSet[ConfigSync] = weakref.WeakSet()
-_live_lock = threading.Lock()
-_hook_registered = False
-
-
-def _track(sync: ConfigSync) -> None:
-    global _hook_registered
-    with _live_lock:
-        _live.add(sync)
-        if not _hook_registered and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_after_fork_in_child)
-            _hook_registered = True
-
-
-def _untrack(sync: ConfigSync) -> None:
-    with _live_lock:
-        _live.discard(sync)
-
-
-def _after_fork_in_child() -> None:
-    global _live_lock
-    # The child has one thread; a lock another parent thread held at the fork is
-    # held forever here, so take none and replace ours.
-    _live_lock = threading.Lock()
-    for sync in list(_live):
-        try:
-            sync._after_fork_in_child()
-        except Exception:  # a fork hook must never break the child
-            log.exception("flagsdk: could not restart config sync after fork")
+# The live ConfigSyncs, weakly, with one process-wide fork hook that restarts them.
+_live: LiveSet[ConfigSync] = LiveSet(log, fork_failure="flagsdk: could not restart config sync after fork")
 
 
 # -- the sync ------------------------------------------------------------------------
@@ -197,7 +153,7 @@ class ConfigSync:
             raise ValueError("sdk_key must be a non-empty string")
         if not callable(apply_document):
             raise ValueError("apply_document must be callable")
-        poll_interval = _positive_number(poll_interval, "poll_interval")
+        poll_interval = positive_seconds(poll_interval, "poll_interval")
         if poll_interval < MIN_POLL_INTERVAL:
             log.warning("flagsdk: poll_interval %.3gs is below the minimum; polling every %.0fs",
                         poll_interval, MIN_POLL_INTERVAL)
@@ -205,7 +161,7 @@ class ConfigSync:
         self._sdk_key = sdk_key
         self._apply_document = apply_document
         self._poll_interval = poll_interval
-        self._timeout = _positive_number(timeout, "timeout")
+        self._timeout = positive_seconds(timeout, "timeout")
         self._max_backoff = max(MAX_BACKOFF, poll_interval)
         self._cache = ConfigCache(cache_path, sdk_key) if cache_path is not None else None
         self._cached: CachedConfig | None = None
@@ -226,7 +182,7 @@ class ConfigSync:
         self._thread: threading.Thread | None = None
         self._http: SdkHttp | None = None
         self._new_runtime()
-        _track(self)
+        _live.add(self)
 
     def __repr__(self) -> str:
         return f"<ConfigSync {self._log_url} every {self._poll_interval:g}s>"
@@ -270,7 +226,7 @@ class ConfigSync:
             if self._closed:
                 return
             self._closed = True
-        _untrack(self)
+        _live.discard(self)
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -408,10 +364,7 @@ class ConfigSync:
 
     def _backoff(self, retry_after: float | None) -> float:
         base = self._poll_interval if self._has_config else min(self._poll_interval, FIRST_RETRY)
-        delay = backoff_delay(max(1, self._failures), base=base, cap=self._max_backoff, rng=self._rng)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
-        return delay
+        return retry_delay(self._failures, retry_after, base=base, cap=self._max_backoff, rng=self._rng)
 
     def _stop_for_good(self, status: int) -> None:
         self._stopped_status = status
@@ -497,9 +450,3 @@ class ConfigSync:
         if self._started and not self._closed and self._stopped_status is None:
             # Workers forked together should not all ask at the same instant.
             self._spawn(initial_delay=self._rng.uniform(0.0, min(1.0, self._poll_interval)))
-
-
-def _positive_number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-    return float(value)
