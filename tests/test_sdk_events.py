@@ -527,12 +527,14 @@ def test_flush_and_close_keep_their_deadlines(receiver: Receiver, make_client: C
     client.track("signup", {"key": "u1"})
 
     # When flush and close are given short deadlines
+    # Upper bounds far from the deadlines, to tell a busy machine from a deadline not kept:
+    # that would wait without end for events the server never takes (or flush's default 5 s).
     began = time.monotonic()
     assert client.flush(timeout=0.3) is False
-    assert 0.3 <= time.monotonic() - began < 1.0
+    assert 0.3 <= time.monotonic() - began < 3
     began = time.monotonic()
     client.close(timeout=0.5)
-    assert time.monotonic() - began < 1.2
+    assert time.monotonic() - began < 5
     client.close()  # idempotent
 
     # Then the client says what it could not send, and its thread ends

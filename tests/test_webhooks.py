@@ -200,7 +200,7 @@ def test_a_full_queue_drops_and_counts_and_send_never_blocks(make_sender):
         started = time.monotonic()
         for n in range(2, 7):
             sender.send(f"e{n}", {})
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 5  # a send that blocked on the full queue would wait e1's 10 s
 
         assert sender.dropped == 3
         receiver.stopping.set()  # e1 is answered now
