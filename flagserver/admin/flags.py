@@ -15,7 +15,7 @@ from typing import Any
 from flask import Response, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from ..rollout.controller import Rollout
+from ..rollout.controller import ACTIVE_STATUSES, Rollout
 from ..schemas import FlagPatchSchema, FlagSchema, check_flag
 from ..sdk_config import ConfigCache
 from ..storage import NotFound
@@ -25,8 +25,6 @@ from ._blueprint import Outcome, actor, attempt, bp, confirm_step, confirmed, fo
 
 _flag_schema = FlagSchema()
 _patch_schema = FlagPatchSchema()
-
-ACTIVE = ("running", "waiting_for_approval")
 
 
 def require_env(env: str) -> None:
@@ -115,7 +113,7 @@ def flag_page(env: str, key: str, *, status: int = 200, form: str | None = None,
         message=(outcome.message if outcome is not None else None), stale=stale, drafts=drafts,
         preview=preview, preview_user=preview_user or f'{{"key": "user-123"{_example_attributes(attributes)}}}',
         attributes=attributes, operators=_forms.OPERATORS, show=_diff.show, split=_forms.SPLIT, forms=_forms,
-        page="flags", active_rollout=rollout is not None and rollout.status in ACTIVE))
+        page="flags", active_rollout=rollout is not None and rollout.status in ACTIVE_STATUSES))
     response.status_code = status
     return response
 

@@ -12,7 +12,7 @@ from flask.typing import ResponseReturnValue
 
 from ..api.stats import stage_report
 from ..rollout import RolloutPlanSchema
-from ..rollout.actions import ACTIONS, act, describe, put_plan
+from ..rollout.actions import ACTIONS, act, allowed_actions, can_replace_plan, describe, put_plan, rollback_target
 from ..rollout.controller import Rollout, RolloutService, plan_stages
 from ..rollout.plan import DEFAULT_PERCENTAGES, DEFAULT_SOAK_INTERVALS, default_margin
 from ..writes import read_flag
@@ -24,12 +24,6 @@ _plan_schema = RolloutPlanSchema()
 STATUS_WORDS = {
     "draft": "Not started", "running": "Running", "waiting_for_approval": "Waiting for approval",
     "paused": "Paused", "rolled_back": "Rolled back", "completed": "Completed", "aborted": "Aborted",
-}
-# Which actions each status allows (as `actions.act` enforces them).
-ALLOWED = {
-    "draft": ("start",), "running": ("pause", "rollback", "abort"),
-    "waiting_for_approval": ("approve", "pause", "rollback", "abort"), "paused": ("resume", "rollback", "abort"),
-    "rolled_back": ("start",), "completed": ("start",), "aborted": ("start",),
 }
 CONFIRM = {
     "rollback": ("Roll back {key}?", "The flag goes back to {target} now and the plan stops.", "Roll back"),
@@ -108,13 +102,15 @@ def rollout_page(env: str, key: str, *, status: int = 200, outcome: Outcome | No
     rollout = Rollout.from_record(record) if record is not None else None
     view = describe(service(), rollout) if rollout is not None else None
     state = rollout.plan_state if rollout is not None else None
-    editable = rollout is None or rollout.status in ("draft", "rolled_back", "completed", "aborted")
+    editable = rollout is None or can_replace_plan(rollout.status)
+    rollback_to = rollback_target(rollout.config, state) if rollout is not None and state is not None else 0.0
     plan = draft if draft is not None and (outcome is None or outcome.stale is None) else (
         rollout.config.to_dict() if rollout is not None else default_plan())
     response = Response(render_template(
         "admin_rollout.html", env=env, flag=flag, rollout=rollout, view=view, state=state,
-        status_words=STATUS_WORDS, allowed=ALLOWED[rollout.status] if rollout is not None else (),
+        status_words=STATUS_WORDS, allowed=allowed_actions(rollout.status) if rollout is not None else (),
         ladder=ladder(rollout), reports=evidence(env, key, flag, rollout), plan=plan, editable=editable,
+        rollback_to=rollback_to,
         errors=(outcome.fields if outcome is not None and outcome.stale is None else {}),
         stale=outcome.stale if outcome is not None else None,
         message=outcome.message if outcome is not None else None, now=now(), forms=_forms,
@@ -147,11 +143,9 @@ def rollout_action(env: str, key: str, action: str) -> ResponseReturnValue:
         current = service().load(env, key)
         flag = read_flag(store(), env, key)
         state = current.plan_state
-        target = "0%"
-        if current.config.rollback_to == "previous_stage" and state is not None and state.stage_index > 0:
-            target = f"{current.config.stages[state.stage_index - 1].percentage:g}%"
+        target = rollback_target(current.config, state) if state is not None else 0.0
         title, message, label = CONFIRM[action]
-        words = {"key": key, "target": target, "current": f"{flag['rollout']}%"}
+        words = {"key": key, "target": f"{target:g}%", "current": f"{flag['rollout']}%"}
         return confirm_step(title.format(**words), message.format(**words), label,
                             back=url_for("admin.rollout", env=env, key=key))
     outcome = attempt(lambda: act(service(), env, key, action, actor=actor(), now=now()))
