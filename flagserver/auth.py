@@ -69,6 +69,10 @@ class TokenVerifier:
         self._lock = threading.Lock()
 
     def verify(self, token: str) -> Principal | None:
+        """Who `token` belongs to; None when it is malformed, unknown, revoked or of the
+        wrong kind (the caller answers 401). When storage is unavailable, a token
+        verified before is still trusted and any other raises `StoreUnavailable`
+        (a 503), so an outage never turns into "everyone is logged out"."""
         cached = self._cache.get(token)
         now = time.monotonic()
         if cached is not None and cached[1] > now:
@@ -110,6 +114,8 @@ class TokenVerifier:
 
 
 def bearer_token() -> str | None:
+    """The token of the request's `Authorization: Bearer <token>` header; None when the
+    header is missing, of another scheme or empty. Never raises."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -48,6 +48,9 @@ def validation_error(fields: dict[str, list[str]]) -> APIError:
 
 def error_response(status: int, code: str, message: str, fields: dict[str, Any] | None = None,
                    headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    """The JSON error response of the module docstring's shape, with `extra` keys added
+    to the error object and `headers` set. Needs an app context; raises TypeError
+    when `fields` or `extra` hold something JSON cannot encode."""
     body: dict[str, Any] = {"status": status, "code": code, "message": message}
     if fields:
         body["fields"] = fields

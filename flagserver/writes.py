@@ -45,6 +45,8 @@ def versioned_write(kind: str, key: str, read: Callable[[], Record], write: Call
 
 
 def read_flag(store: Store, env: str, key: str) -> Record:
+    """The flag `key` of environment `env`. Raises NotFound (a 404) naming the
+    environment or the flag that does not exist, and the store's errors."""
     if store.get_environment(env) is None:
         raise NotFound("environment", env)
     flag = store.get_flag(env, key)
@@ -64,6 +66,8 @@ def change_flag(store: Store, env: str, key: str, changes: dict[str, Any], *, ac
 
 
 def read_segment(store: Store, env: str, key: str) -> Record:
+    """The segment `key` of environment `env`. Raises NotFound (a 404) naming the
+    environment or the segment that does not exist, and the store's errors."""
     if store.get_environment(env) is None:
         raise NotFound("environment", env)
     segment = store.get_segment(env, key)

@@ -38,6 +38,10 @@ class User:
     attributes: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The user as the engine reads it: the attributes, with `key` set to the
+        user's key (an attribute named `key` is overridden). Raises TypeError when
+        `attributes` is not a mapping; the client's evaluation methods turn that into
+        an `ERROR` result with the default, never an exception."""
         return {**self.attributes, "key": self.key}
 
 
