@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+
+from tests import support
 
 # `@pytest.mark.parametrize("backend", BACKENDS, indirect=True)` runs a test on both stores.
 BACKENDS = ["sqlite", pytest.param("redis", marks=pytest.mark.redis)]
@@ -82,16 +83,6 @@ def create_segment(client: FlaskClient, headers: dict[str, str], env: str = "pro
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll `check` until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as exc:  # not ready yet (connection refused and the like)
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)  # a poll interval, not synchronisation: the deadline decides
-    raise AssertionError(f"not ready after {timeout}s: {last!r}")
+    """`tests.support.wait_for` for servers and processes: an exception from `check`
+    counts as not ready yet (connection refused and the like)."""
+    return support.wait_for(check, timeout, "a truthy answer", interval=interval, ignoring=(Exception,))

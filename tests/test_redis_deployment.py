@@ -40,6 +40,7 @@ import pytest
 from flagsdk import FlagClient
 
 from tests.conftest import REDIS_URL, clear_redis_prefix, require_redis
+from tests.support import missing, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -67,10 +68,7 @@ def require_redis_server() -> str:
     """The path of `redis-server`: fail in CI, skip with a reason elsewhere, when missing."""
     path = shutil.which("redis-server")
     if path is None:
-        message = "redis-server is not on PATH (the outage tests start and crash a Redis of their own)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("redis-server is not on PATH (the outage tests start and crash a Redis of their own)")
     return path
 
 
@@ -498,10 +496,8 @@ class Evaluator:
 
     def wait_for_pass_after(self, moment: float, timeout: float = 5.0) -> None:
         """Until a pass that began after `moment` is recorded."""
-        deadline = time.monotonic() + timeout
-        while not self.between(moment + 0.1, float("inf")):
-            assert time.monotonic() < deadline, f"no evaluation after {moment} within {timeout}s: {self.exceptions}"
-            time.sleep(0.01)  # a poll interval; the deadline decides
+        wait_for(lambda: self.between(moment + 0.1, float("inf")), timeout,
+                 what=lambda: f"an evaluation after {moment} (exceptions: {self.exceptions})")
 
 
 class ChangeLog:
@@ -521,13 +517,9 @@ class ChangeLog:
 
 def wait_for_change(changes: ChangeLog, rollout: float, after: float, timeout: float) -> float:
     """Seconds from `after` until the client swapped in a config with `rollout`."""
-    deadline = after + timeout
-    while time.monotonic() < deadline:
-        at = changes.first_at(rollout, after)
-        if at is not None:
-            return at - after
-        time.sleep(0.01)  # a poll interval; the deadline decides
-    raise AssertionError(f"the SDK did not see rollout {rollout} within {timeout}s: {changes.changes[-5:]}")
+    at: float = wait_for(lambda: changes.first_at(rollout, after), after + timeout - time.monotonic(),
+                         what=lambda: f"the SDK to see rollout {rollout} ({changes.changes[-5:]})")
+    return at - after
 
 
 # --- two servers on one Redis -----------------------------------------------------------------------

@@ -26,18 +26,6 @@ ROLLOUTS = "/api/v1/envs/production/rollouts"
 
 
 @pytest.fixture
-def store(app: Flask) -> Any:
-    return app.extensions["flagserver.store"]
-
-
-@pytest.fixture
-def clock(app: Flask) -> Clock:
-    clock = Clock()
-    app.config["CLOCK"] = clock
-    return clock
-
-
-@pytest.fixture
 def flag(client: FlaskClient, admin: dict[str, str]) -> dict[str, Any]:
     """Flag f, off and at 0%."""
     return create_flag(client, admin, key="f")

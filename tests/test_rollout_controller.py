@@ -41,18 +41,6 @@ class Notices:
 
 
 @pytest.fixture
-def store(app: Flask) -> Any:
-    return app.extensions["flagserver.store"]
-
-
-@pytest.fixture
-def clock(app: Flask) -> Clock:
-    clock = Clock()
-    app.config["CLOCK"] = clock
-    return clock
-
-
-@pytest.fixture
 def notices(app: Flask) -> Notices:
     """Notices of the controller and of people's actions through the API."""
     notices = Notices()

@@ -30,8 +30,8 @@ import pytest
 from flagsdk import FlagClient, User
 from flagsdk._events import EVENTS_PATH
 
+from tests.support import wait_for
 from tests.test_sdk_fork import fork_and_report
-from tests.test_sdk_sync import wait_for
 
 CONFIG_PATH = "/api/v1/sdk/config"
 KEY = "sdk-test-key"
@@ -203,7 +203,7 @@ def make_client() -> Iterator[Callable[..., FlagClient]]:
     yield make
     for client in clients:
         client.close(timeout=1)
-    wait_for(lambda: not event_threads(), what="every flagsdk.events thread to end")
+    wait_for(lambda: not event_threads(), 5, what="every flagsdk.events thread to end")
 
 
 def sdk_logs(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[str]:

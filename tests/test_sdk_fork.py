@@ -21,14 +21,10 @@ from flagsdk import FlagClient
 from flagsdk._sync import ConfigSync
 
 from tests.live_server import LiveServer
+from tests.support import wait_for
 from tests.test_sdk_sync import USER, set_rollout, sync_threads
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-
-
-@pytest.fixture
-def store(app: Any) -> Any:
-    return app.extensions["flagserver.store"]
 
 
 def fork_and_report(child: Callable[[], dict[str, Any]], after_fork: Callable[[], None] = lambda: None,
@@ -84,6 +80,7 @@ def test_a_forked_child_syncs_on_its_own(live_server: LiveServer, store: Any, sd
         def child() -> dict[str, Any]:
             born_with = client.is_enabled("new-checkout", USER)  # before any poll of its own
             threads = [t.ident for t in sync_threads()]
+            # Not wait_for: the child reports what it saw (and still closes), the parent judges.
             deadline = time.monotonic() + 6
             while client.is_enabled("new-checkout", USER) and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -100,10 +97,7 @@ def test_a_forked_child_syncs_on_its_own(live_server: LiveServer, store: Any, sd
         assert report["seen"] is True  # its own thread fetched the change made after the fork
         assert report["threads_after_close"] == 0
         # and the parent goes on as before
-        deadline = time.monotonic() + 3
-        while client.is_enabled("new-checkout", USER) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not client.is_enabled("new-checkout", USER)
+        wait_for(lambda: not client.is_enabled("new-checkout", USER), 3, what="the parent to see the change")
         assert [t.ident for t in sync_threads()] == [parent_thread]
 
 

@@ -25,21 +25,10 @@ from flagsdk._sync import CONFIG_PATH, backoff_delay
 from flask import Flask
 
 from tests.live_server import LiveServer
+from tests.support import wait_for
 
 USER = {"key": "user-1"}
 CONFIG = "/api/v1/sdk/config"
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll `condition` until it is truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def sync_threads() -> list[threading.Thread]:
@@ -91,11 +80,6 @@ def recorder(app: Flask) -> Recorder:
     return recorder
 
 
-@pytest.fixture
-def store(app: Flask) -> Any:
-    return app.extensions["flagserver.store"]
-
-
 def set_rollout(store: Any, key: str, rollout: float, env: str = "production") -> None:
     """Create the flag `key` (variants off/on) or change its rollout percentage."""
     current = store.get_flag(env, key)
@@ -121,7 +105,7 @@ def make_client() -> Iterator[Callable[..., FlagClient]]:
     yield make
     for client in clients:
         client.close()
-    wait_for(lambda: not sync_threads(), what="every flagsdk.sync thread to end")
+    wait_for(lambda: not sync_threads(), 5, what="every flagsdk.sync thread to end")
 
 
 def test_first_fetch_makes_the_client_ready(live_server: LiveServer, store: Any, sdk_key: str,

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import missing
+
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -31,17 +33,11 @@ def chromium_path() -> str | None:
 def browser() -> Iterator[Any]:
     path = chromium_path()
     if path is None:
-        message = "Chromium is missing: apt-get install -y chromium (Debian), or set CHROMIUM_PATH"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("Chromium is missing: apt-get install -y chromium (Debian), or set CHROMIUM_PATH")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        message = "Playwright for Python is missing: pip install playwright (never `playwright install`)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("Playwright for Python is missing: pip install playwright (never `playwright install`)")
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         yield instance

@@ -1,13 +1,10 @@
-"""What the browser tests share: signing in, screenshots, polling with a deadline."""
+"""What the browser tests share: signing in and screenshots (polling with a deadline
+is `tests.support.wait_for`)."""
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 
@@ -25,16 +22,3 @@ def screenshot(page: Any, name: str) -> Path:
     page.screenshot(path=str(path), full_page=True)
     return path
 
-
-def poll(check: Any, timeout: float = 10.0, interval: float = 0.1) -> Any:
-    """Call `check` until it returns something truthy, or fail after `timeout` seconds
-    (for what happens outside the page, such as the SDK's polling thread)."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"not true within {timeout} s: {check}")
-        pause.wait(interval)

@@ -7,7 +7,6 @@ the pages with the keyboard-reachable controls people use (labels, roles). The
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from typing import Any
@@ -19,17 +18,15 @@ from flask import Flask
 
 from flagserver.rollout.controller import Controller
 from flagserver.writes import change_flag
-from tests.browser.helpers import poll, screenshot, sign_in
+from tests.browser.helpers import screenshot, sign_in
 from tests.browser.seed import record_split, seed_demo
 from tests.live_server import LiveServer
+from tests.support import missing, wait_for
 
 try:
     from playwright.sync_api import expect
 except ImportError:  # pragma: no cover - depends on the machine
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("Playwright for Python is missing: pip install playwright (never `playwright install`)",
-                allow_module_level=True)
+    missing("Playwright for Python is missing: pip install playwright (never `playwright install`)")
 
 pytestmark = pytest.mark.browser
 
@@ -82,7 +79,8 @@ def test_a_new_flag_at_25_percent_reaches_a_real_sdk(page: Any, app: Flask, live
     expected = {u for u in users if bucket("new-checkout", u) < 2500}
     with FlagClient(live_server.url, sdk_key, poll_interval=1) as client:
         # The SDK has the flag, on at 0%: nobody gets it yet.
-        poll(lambda: client.evaluate("new-checkout", {"key": "user-0"}).reason == "SPLIT")
+        wait_for(lambda: client.evaluate("new-checkout", {"key": "user-0"}).reason == "SPLIT", 10,
+                 what="the SDK to have the flag", interval=0.1)
         assert not any(client.is_enabled("new-checkout", {"key": u}) for u in users)
 
         number = page.get_by_label("Percentage", exact=True)
@@ -92,7 +90,8 @@ def test_a_new_flag_at_25_percent_reaches_a_real_sdk(page: Any, app: Flask, live
         expect(page.locator(".flash-success")).to_contain_text("new-checkout is now at 25%")
 
         # Picked up by polling: exactly the users whose bucket is under 25.00%.
-        poll(lambda: {u for u in users if client.is_enabled("new-checkout", {"key": u})} == expected)
+        wait_for(lambda: {u for u in users if client.is_enabled("new-checkout", {"key": u})} == expected, 10,
+                 what="the SDK to serve the flag at 25%", interval=0.1)
     assert 60 < len(expected) < 140
     assert store_of(app).get_flag(ENV, "new-checkout")["rollout"] == 25
 

@@ -21,7 +21,7 @@ from flagserver.storage import _redis_events as redis_events
 from flagserver.storage.events import BATCH_ID_RETENTION, Conversion, EventStore, Exposure
 from flagserver.storage.redis_store import RedisStore
 from flagserver.storage.rollouts import RolloutStore
-from tests.conftest import REDIS_URL, clear_redis_prefix, require_redis
+from tests.conftest import REDIS_URL
 
 from .test_redis_specific import Recorder, RedisServer
 
@@ -47,36 +47,11 @@ def population(exposed: int, mixed: int = 0, **events: tuple[int, float]) -> dic
 
 
 @pytest.fixture
-def prefix() -> Iterator[str]:
-    require_redis()
-    import uuid
-
-    name = f"flagtest:{uuid.uuid4().hex}:"
-    yield name
-    clear_redis_prefix(REDIS_URL, name)
-
-
-@pytest.fixture
 def raw() -> Iterator[redis.Redis]:
     """A plain client on the test database, to look at keys directly."""
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     yield client
     client.close()
-
-
-@pytest.fixture
-def make_store(prefix: str) -> Iterator[Callable[..., RedisStore]]:
-    """RedisStores on the test prefix, each with its own connection pool; all closed at the end."""
-    made: list[RedisStore] = []
-
-    def make(**options: Any) -> RedisStore:
-        store = RedisStore.from_url(REDIS_URL, prefix=prefix, **options)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
 
 
 @pytest.fixture

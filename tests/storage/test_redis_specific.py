@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import re
 import shutil
 import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,21 +32,13 @@ from flagserver.storage import (
 )
 from flagserver.storage import redis_store as redis_store_module
 from flagserver.storage.redis_store import RedisStore
-from tests.conftest import REDIS_URL, clear_redis_prefix, require_redis
+from tests.conftest import REDIS_URL
+from tests.support import missing, wait_for
 
 pytestmark = pytest.mark.redis
 
 STORAGE_DIR = Path(redis_store_module.__file__).parent
 FLAG = {"key": "new-checkout", "enabled": True, "rollout": 25}
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "the condition") -> None:
-    """Poll `condition` until it holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 class Recorder:
@@ -84,30 +74,6 @@ class Recorder:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    require_redis()
-    name = f"flagtest:{uuid.uuid4().hex}:"
-    yield name
-    clear_redis_prefix(REDIS_URL, name)
-
-
-@pytest.fixture
-def make_store(prefix: str) -> Iterator[Callable[..., RedisStore]]:
-    """RedisStores on the test prefix, each with its own connection pool (as
-    separate processes would have); all closed at the end."""
-    made: list[RedisStore] = []
-
-    def make(**options: Any) -> RedisStore:
-        store = RedisStore.from_url(REDIS_URL, prefix=prefix, **options)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
 
 
 @pytest.fixture
@@ -309,13 +275,13 @@ def test_every_config_change_publishes_the_environment(store: RedisStore) -> Non
                     received.append(message["data"])
                 return len(received) >= count
 
-            wait_until(enough, what=f"{count} messages on {store.config_channel}")
+            wait_for(enough, 10, what=f"{count} messages on {store.config_channel}")
             out = received[:count]
             del received[:count]
             return out
 
-        wait_until(
-            lambda: (m := pubsub.get_message(timeout=0.05)) is not None and m["type"] == "subscribe",
+        wait_for(
+            lambda: (m := pubsub.get_message(timeout=0.05)) is not None and m["type"] == "subscribe", 10,
             what="the subscription",
         )
 
@@ -497,10 +463,7 @@ class RedisServer:
         self.options = options
         executable = shutil.which("redis-server")
         if executable is None:
-            message = "redis-server is not on PATH (apt-get install redis-server)"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
+            missing("redis-server is not on PATH (apt-get install redis-server)")
         self.executable = executable
         self.directory = directory
         with socket.socket() as probe:
@@ -528,7 +491,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(self.answers, what=f"redis-server on port {self.port}")
+        wait_for(self.answers, 10, what=f"redis-server on port {self.port}")
         return self
 
     def answers(self) -> bool:
