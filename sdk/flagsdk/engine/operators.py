@@ -28,9 +28,10 @@ except ImportError:  # pragma: no cover - Python 3.10
 
 MAX_PATTERN_LENGTH = 256
 MAX_MATCH_INPUT_LENGTH = 256
-MAX_UNBOUNDED_REPEATS = 2
-# A bounded repeat this wide backtracks like an unbounded one.
-WIDE_REPEAT = 16
+# The most ways a pattern's variable repeats may split an input between them: two
+# unbounded repeats over the longest input (about 15 ms of backtracking, measured)
+# with room for an optional part or two beside them (`^v?\d+\.\d+`).
+BACKTRACKING_BUDGET = 4 * (MAX_MATCH_INPUT_LENGTH + 1) ** 2
 
 Predicate = Callable[[Any], bool]
 UserMatcher = Callable[[Mapping[str, Any], str], bool]
@@ -130,9 +131,12 @@ def check_pattern(pattern: str) -> None:
 
     Python's `re` has no time limit, so the shapes of catastrophic backtracking
     are refused at load: back-references, a variable repeat inside a repeat,
-    alternation inside an unbounded repeat, and more than two unbounded (or wide,
-    `{0,100}`) repeats, whose backtracking grows with the input's length to the power
-    of their number. Inputs are bounded too (`MAX_MATCH_INPUT_LENGTH`).
+    alternation inside an unbounded repeat, and variable repeats that together can
+    split an input in more than `BACKTRACKING_BUDGET` ways — each repeat multiplies
+    the ways by the lengths it may take (`*` and `+` as many as the longest input,
+    `{0,16}` 17, `?` 2): two `*` at most, with at most a `?` or two beside them; one
+    `*` with ranges worth up to 1,028 ways; a few narrow ranges alone. Inputs are bounded too
+    (`MAX_MATCH_INPUT_LENGTH`).
     """
     if len(pattern) > MAX_PATTERN_LENGTH:
         raise ConditionError("values", f"a pattern may have at most {MAX_PATTERN_LENGTH} characters")
@@ -140,7 +144,7 @@ def check_pattern(pattern: str) -> None:
         parsed = _sre_parse.parse(pattern)
     except re.error as exc:
         raise ConditionError("values", f"not a valid regular expression: {exc}") from None
-    unbounded = 0
+    ways = 1
     repeats = {_sre_constants.MAX_REPEAT, _sre_constants.MIN_REPEAT}
     possessive = getattr(_sre_constants, "POSSESSIVE_REPEAT", None)
     if possessive is not None:
@@ -148,18 +152,18 @@ def check_pattern(pattern: str) -> None:
     refused = {_sre_constants.GROUPREF, _sre_constants.GROUPREF_EXISTS}
 
     def walk(items: Any, inside_repeat: bool, inside_unbounded: bool) -> None:
-        nonlocal unbounded
+        nonlocal ways
         for op, arg in items:
             if op in refused:
                 raise ConditionError("values", "back-references are not allowed in patterns")
             if op in repeats:
                 low, high, body = arg
-                is_unbounded = high == _sre_constants.MAXREPEAT or high - low > WIDE_REPEAT
+                is_unbounded = high == _sre_constants.MAXREPEAT
                 variable = low != high
                 if variable and inside_repeat:
                     raise ConditionError("values", "nested repeats are not allowed in patterns")
-                if is_unbounded:
-                    unbounded += 1
+                if variable:
+                    ways *= min(high, MAX_MATCH_INPUT_LENGTH) - min(low, MAX_MATCH_INPUT_LENGTH) + 1
                 walk(body, inside_repeat or high > 1, inside_unbounded or is_unbounded)
             elif op is _sre_constants.BRANCH:
                 if inside_unbounded:
@@ -173,9 +177,9 @@ def check_pattern(pattern: str) -> None:
             elif getattr(_sre_constants, "ATOMIC_GROUP", None) is op:
                 walk(arg, inside_repeat, inside_unbounded)
     walk(parsed, False, False)
-    if unbounded > MAX_UNBOUNDED_REPEATS:
-        raise ConditionError("values", f"a pattern may have at most {MAX_UNBOUNDED_REPEATS} unbounded repeats "
-                                       "(such as *, + or {2,})")
+    if ways > BACKTRACKING_BUDGET:
+        raise ConditionError("values", "the pattern's repeats could backtrack for too long: at most two "
+                                       "unbounded repeats (such as *, + or {2,}), fewer with ranges beside them")
 
 
 def _op_matches(values: tuple[Any, ...], ignore_case: bool) -> Predicate:
