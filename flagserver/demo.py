@@ -10,7 +10,6 @@ reason in words. Time runs at `seconds_per_interval` per controller interval.
 from __future__ import annotations
 
 import logging
-import random
 import shutil
 import sys
 import tempfile
@@ -19,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from flagsdk import FlagClient
+from flagsdk import FlagClient, bucket
 from werkzeug.serving import make_server
 
 from . import create_app
@@ -37,13 +36,11 @@ class _Traffic:
     """Application users arriving through the real SDK: each is evaluated, and
     converts with the rate of the arm they got."""
 
-    def __init__(self, client: FlagClient, flag: str, canary_rate: float, users_per_second: int,
-                 seed: int) -> None:
+    def __init__(self, client: FlagClient, flag: str, canary_rate: float, users_per_second: int) -> None:
         self.client = client
         self.flag = flag
         self.canary_rate = canary_rate
         self.users_per_second = users_per_second
-        self.random = random.Random(seed)
         self.seen = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"demo-traffic-{flag}", daemon=True)
@@ -55,7 +52,9 @@ class _Traffic:
                 self.seen += 1
                 user = {"key": f"{self.flag}-user-{self.seen}", "plan": "pro"}
                 rate = self.canary_rate if self.client.is_enabled(self.flag, user) else BASE_RATE
-                if self.random.random() < rate:
+                # Whether a user would buy is theirs (a hash of the key, independent of the flag's
+                # split), so the story is the same at every run: only the canary's rate differs.
+                if bucket("demo-conversion", user["key"]) < rate * 10_000:
                     self.client.track("checkout", user)
 
     def __enter__(self) -> _Traffic:
@@ -98,7 +97,7 @@ def _run_release(service: RolloutService, controller: Controller, client: FlagCl
     act(service, env, flag, "start", actor=ACTOR, now=time.time())
     say(f"\n▶ {flag}: rollout started at 5% (plan 5 → 25 → 50 → 100%, guardrail: checkout conversion)")
     last_reason = ""
-    with _Traffic(client, flag, canary_rate, users_per_second, seed=len(flag)):
+    with _Traffic(client, flag, canary_rate, users_per_second):
         while time.time() < deadline:
             time.sleep(seconds_per_interval / 2)
             client.flush(timeout=2)
