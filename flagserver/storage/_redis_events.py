@@ -15,7 +15,6 @@ the layout and what it costs.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -26,10 +25,8 @@ from ._redis_keys import SCHEMA_VERSION, Keys
 from ._redis_scripts import RECORD_EVENTS
 from ._redis_tx import MAX_ATTEMPTS, Transactor, dumps, translated
 from .base import NotFound, Record, StoreUnavailable
-from .events import BATCH_ID_RETENTION, Conversion, Exposure
+from .events import ALL, BATCH_ID_RETENTION, RANDOMIZED, Conversion, Exposure, check_batch, empty_counts
 
-ALL = "all"
-RANDOMIZED = "randomized"
 _POPULATIONS = {"a": ALL, "r": RANDOMIZED}
 
 
@@ -71,8 +68,6 @@ def stage_keys(keys: Keys, raws: Iterable[str | None]) -> list[str]:
 # reading counters
 
 
-def _empty() -> dict[str, Any]:
-    return {"exposed": 0, "mixed": 0, "events": {}}
 
 
 def _split(field: str) -> tuple[str, str, str, str]:
@@ -91,7 +86,7 @@ def parse_counts(raw: Mapping[str, str]) -> dict[str, Any]:
     for field, value in raw.items():
         kind, population, arm, event = _split(field)
         if kind in "xm":
-            counts = out.setdefault(arm, {ALL: _empty(), RANDOMIZED: _empty()})[population]
+            counts = out.setdefault(arm, {ALL: empty_counts(), RANDOMIZED: empty_counts()})[population]
             counts["exposed" if kind == "x" else "mixed"] = int(value)
         else:
             events.append((kind, population, arm, event, value))
@@ -104,15 +99,6 @@ def parse_counts(raw: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def _check_batch(exposures: Iterable[Exposure], conversions: Iterable[Conversion]) -> None:
-    for exposure in exposures:
-        if not math.isfinite(exposure.at):
-            raise ValueError(f"exposure of {exposure.flag!r} by {exposure.user!r}: `at` {exposure.at!r} is not finite")
-    for conversion in conversions:
-        if not math.isfinite(conversion.at):
-            raise ValueError(f"conversion {conversion.event!r} by {conversion.user!r}: `at` is not finite")
-        if conversion.value is not None and not math.isfinite(conversion.value):
-            raise ValueError(f"conversion {conversion.event!r} by {conversion.user!r}: `value` is not finite")
 
 
 def batch_events(exposures: list[Exposure], conversions: list[Conversion]) -> list[list[Any]]:
@@ -174,7 +160,7 @@ class RedisEvents(RedisBase):
         Raises `NotFound` (environment) and ValueError (an `at` or `value` that is
         not finite) before counting anything, `StoreUnavailable` when Redis fails
         (the batch then counted entirely or not at all)."""
-        _check_batch(exposures, conversions)
+        check_batch(exposures, conversions)
         keys = self._keys
         events = json.dumps(batch_events(exposures, conversions), ensure_ascii=False, separators=(",", ":"),
                             allow_nan=False)

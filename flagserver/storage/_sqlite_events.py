@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import math
 import sqlite3
 import time
 from collections import defaultdict
@@ -28,10 +27,8 @@ from typing import Any
 from ._sqlite_base import SQLiteBase
 from ._sqlite_schema import dump
 from .base import NotFound, Record
-from .events import BATCH_ID_RETENTION, Conversion, Exposure
+from .events import ALL, BATCH_ID_RETENTION, RANDOMIZED, Conversion, Exposure, check_batch, empty_counts
 
-ALL = "all"
-RANDOMIZED = "randomized"
 # How often one store object deletes batch ids past their retention, at most (seconds).
 PRUNE_INTERVAL = 300.0
 # Values per `IN (...)` list, well under SQLite's limit on host parameters.
@@ -48,17 +45,6 @@ def open_stage(conn: sqlite3.Connection, env: str, flag: str, start_version: int
     )
 
 
-def check_batch(exposures: Iterable[Exposure], conversions: Iterable[Conversion]) -> None:
-    """Raise ValueError for an event time or a value that is not a finite number
-    (they cannot be ordered or summed)."""
-    for exposure in exposures:
-        if not math.isfinite(exposure.at):
-            raise ValueError(f"exposure of {exposure.flag!r} by {exposure.user!r}: `at` {exposure.at!r} is not finite")
-    for conversion in conversions:
-        if not math.isfinite(conversion.at):
-            raise ValueError(f"conversion {conversion.event!r} by {conversion.user!r}: `at` is not finite")
-        if conversion.value is not None and not math.isfinite(conversion.value):
-            raise ValueError(f"conversion {conversion.event!r} by {conversion.user!r}: `value` is not finite")
 
 
 def _populations(randomized: bool) -> tuple[str, ...]:
@@ -248,8 +234,6 @@ def _marks(items: Sized) -> str:
     return ", ".join("?" * len(items))
 
 
-def _empty_counts() -> dict[str, Any]:
-    return {"exposed": 0, "mixed": 0, "events": {}}
 
 
 class SQLiteEvents(SQLiteBase):
@@ -321,7 +305,7 @@ class SQLiteEvents(SQLiteBase):
             ).fetchall()
         out: dict[str, Any] = {}
         for arm, population, exposed, mixed in arms:
-            counts = out.setdefault(arm, {ALL: _empty_counts(), RANDOMIZED: _empty_counts()})[population]
+            counts = out.setdefault(arm, {ALL: empty_counts(), RANDOMIZED: empty_counts()})[population]
             counts["exposed"], counts["mixed"] = exposed, mixed
         for arm, population, event, users, value_sum in events:
             out[arm][population]["events"][event] = {"users": users, "value_sum": float(value_sum)}

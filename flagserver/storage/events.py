@@ -40,6 +40,8 @@ The rules every backend keeps (pinned by tests/storage/test_events_contract.py):
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from typing import Any, NamedTuple, Protocol
 
 BATCH_ID_RETENTION = 7 * 24 * 3600  # seconds a batch id is remembered, at least
@@ -71,6 +73,28 @@ class Conversion(NamedTuple):
     user: str
     value: float | None
     at: float
+
+
+ALL = "all"  # the population of every exposure
+RANDOMIZED = "randomized"  # the comparison population: split by the flag's own rollout
+
+
+def empty_counts() -> dict[str, Any]:
+    """One population of one arm before anything was counted."""
+    return {"exposed": 0, "mixed": 0, "events": {}}
+
+
+def check_batch(exposures: Iterable[Exposure], conversions: Iterable[Conversion]) -> None:
+    """Raise ValueError for an event time or a value that is not a finite number
+    (they cannot be ordered or summed); backends call it before counting anything."""
+    for exposure in exposures:
+        if not math.isfinite(exposure.at):
+            raise ValueError(f"exposure of {exposure.flag!r} by {exposure.user!r}: `at` {exposure.at!r} is not finite")
+    for conversion in conversions:
+        if not math.isfinite(conversion.at):
+            raise ValueError(f"conversion {conversion.event!r} by {conversion.user!r}: `at` is not finite")
+        if conversion.value is not None and not math.isfinite(conversion.value):
+            raise ValueError(f"conversion {conversion.event!r} by {conversion.user!r}: `value` is not finite")
 
 
 class EventStore(Protocol):
