@@ -22,7 +22,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from .storage import open_store
 
     # FLAGSERVER_INSTANCE_PATH moves the folder of the default SQLite file and the session secret.
-    app = Flask(__name__, instance_relative_config=True,
+    app = Flask(__name__, instance_relative_config=True, static_folder=None,  # the pages serve their own
                 instance_path=os.environ.get("FLAGSERVER_INSTANCE_PATH") or None)
     load_config(app, test_config)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # the order of variant weights is meaningful
