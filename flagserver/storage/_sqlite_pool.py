@@ -121,31 +121,30 @@ class ConnectionPool:
         processes still meet at SQLite's lock. Waiting past the busy timeout here
         is `StoreUnavailable`, as it is there."""
         if not write:
-            with self.connection() as conn:
-                conn.execute("BEGIN")
-                try:
-                    yield conn
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+            with self._transaction("BEGIN") as conn:
+                yield conn
             return
         writer = self._writer_lock()
         if not writer.acquire(timeout=self._busy_timeout):
             raise StoreUnavailable(f"SQLite database {self.path!r}: no turn to write within {self._busy_timeout} s")
         try:
-            with self.connection() as conn:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+            with self._transaction("BEGIN IMMEDIATE") as conn:
+                yield conn
         finally:
             writer.release()
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        """A borrowed connection inside `begin` ... COMMIT, rolled back on any exception."""
+        with self.connection() as conn:
+            conn.execute(begin)
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def _writer_lock(self) -> threading.Lock:
         with self._lock:
